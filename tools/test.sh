@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Set up .venv (if needed) and run the whole test suite. Extra arguments go to pytest.
+# Set up .venv with the test extras and run the whole test suite. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source tools/setup.sh
-# pytest exits with 5 when it collected no test; that counts as a failure here.
+DCFORMAT_EXTRAS=test source tools/setup.sh
+# pytest exits with 5 when it collected no test; set -e makes that a failure too.
 .venv/bin/python -m pytest "$@"
