@@ -48,7 +48,7 @@ class TensorSettings:
 
     encoding: str = "auto"
     bits: int | None = None
-    index_bits: int | None = None
+    index_bits: int | str | None = None  # "auto": try 2 to 8 bits and keep the smallest
     sparsity: float | None = None
     quality: float | None = None
     prune: bool | None = None
@@ -64,7 +64,8 @@ class TensorSettings:
     def __post_init__(self) -> None:
         _check_choice("encoding", self.encoding, ENCODINGS)
         _check_int("bits", self.bits, 1, 16, optional=True)
-        _check_int("index_bits", self.index_bits, 1, 16, optional=True)
+        if self.index_bits != "auto":
+            _check_int("index_bits", self.index_bits, 1, 16, optional=True)
         if self.sparsity is not None:
             _check_float("sparsity", self.sparsity, 0.0, 1.0, upper_open=True)
         if self.quality is not None:
@@ -99,7 +100,8 @@ def _check_int(key: str, value: Any, low: int, high: int, *, optional: bool = Fa
     if value is None and optional:
         return
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ConfigError(f"{key}={value!r}: expected an integer from {low} to {high}")
+        extra = " or 'auto'" if key == "index_bits" else ""
+        raise ConfigError(f"{key}={value!r}: expected an integer from {low} to {high}{extra}")
 
 
 def _check_float(key: str, value: Any, low: float, high: float, *, upper_open: bool = False) -> None:

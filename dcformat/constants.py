@@ -122,7 +122,7 @@ class Compression(IntEnum):
 class RequiredFlag(IntFlag):
     """Features a reader must understand to read the file correctly."""
 
-    ZSTD = 1 << 0  # the directory or a raw section is zstd-compressed
+    ZSTD = 1 << 0  # the directory, a raw section or a codebook is zstd-compressed
 
 
 class OptionalFlag(IntFlag):

@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 
 STREAM_KINDS = (SectionKind.ASSIGNMENTS, SectionKind.GAPS, SectionKind.LEVELS)
 FORMS = {"auto": None, "packed": StreamForm.PACKED, "huffman": StreamForm.HUFFMAN}
+# Gap widths tried for index_bits = "auto".
+AUTO_INDEX_BITS = tuple(range(2, 9))
 # Bisection steps when matching the uniform step to the k-means error; 2^-30 relative precision.
 UNIFORM_SEARCH_STEPS = 30
 
@@ -389,9 +391,14 @@ def encode_tensor(name: str, array: np.ndarray, settings: TensorSettings, *,
 
     candidates: list[tuple[str, TensorEntry, np.ndarray, dict]] = []
     if settings.encoding in ("auto", "sparse-shared") and zero_slot is not None:
-        entry = encodings.encode_sparse_shared(name, dtype, array.shape, codebook, assignments, bits,
-                                               settings.index_bits, zero_slot, stream_form=form)
-        candidates.append(("sparse-shared", entry, recon, {}))
+        widths = AUTO_INDEX_BITS if settings.index_bits == "auto" else (settings.index_bits,)
+        entries = [
+            encodings.encode_sparse_shared(name, dtype, array.shape, codebook, assignments, bits,
+                                           width, zero_slot, stream_form=form)
+            for width in widths
+        ]
+        index_bits, entry = min(zip(widths, entries), key=lambda pair: _stored_bytes(pair[1]))
+        candidates.append(("sparse-shared", entry, recon, {"index_bits": index_bits}))
     if settings.encoding in ("auto", "shared") or (settings.encoding == "sparse-shared" and zero_slot is None):
         entry = encodings.encode_shared(name, dtype, array.shape, codebook, assignments, bits, stream_form=form)
         candidates.append(("shared", entry, recon, {}))
@@ -422,8 +429,8 @@ def encode_tensor(name: str, array: np.ndarray, settings: TensorSettings, *,
         report.bits, report.n_clusters = extra["bits"], None
         report.settings = {"bits": extra["bits"], "step": extra["step"], "per_channel": settings.per_channel}
     if kind == "sparse-shared":
-        report.index_bits = settings.index_bits
-        report.settings["index_bits"] = settings.index_bits
+        report.index_bits = extra["index_bits"]
+        report.settings["index_bits"] = extra["index_bits"]
         report.entries = entry.symbols[SectionKind.GAPS].size
         report.fillers = report.entries - int(np.count_nonzero(entry.symbols[SectionKind.ASSIGNMENTS] != zero_slot))
     report.settings["encoding"] = kind

@@ -59,8 +59,11 @@ PARAMS_SIZE = {
 }
 
 _RAW = struct.Struct("<BB")
-_SHARED = struct.Struct("<BBHI")
+_SHARED = struct.Struct("<BBBBI")
 _SPARSE_SHARED = struct.Struct("<BBBBII")
+
+CODEBOOK_PLAIN = 0
+CODEBOOK_DELTA_ZSTD = 1
 _UNIFORM = struct.Struct("<BBHI")
 _LOWRANK = struct.Struct("<III")
 
@@ -76,6 +79,7 @@ class SharedParams:
     codebook_dtype: int
     bits: int
     n_clusters: int
+    codebook_coding: int = CODEBOOK_PLAIN
     index_bits: int = 0
     zero_slot: int = 0
 
@@ -118,10 +122,11 @@ def parse_params(record: TensorRecord):
         return RawParams(compression, shuffle)
     if encoding in (Encoding.SHARED, Encoding.SPARSE_SHARED):
         if encoding == Encoding.SHARED:
-            codebook_dtype, bits, reserved, n_clusters = _SHARED.unpack(data)
+            codebook_dtype, bits, coding, reserved, n_clusters = _SHARED.unpack(data)
             index_bits = zero_slot = 0
         else:
-            codebook_dtype, bits, index_bits, reserved, n_clusters, zero_slot = _SPARSE_SHARED.unpack(data)
+            codebook_dtype, bits, index_bits, coding, n_clusters, zero_slot = _SPARSE_SHARED.unpack(data)
+            reserved = 0
             if not 1 <= index_bits <= MAX_STREAM_WIDTH:
                 raise _field_error(record, "index_bits", f"1 to {MAX_STREAM_WIDTH}", index_bits)
             if zero_slot >= n_clusters:
@@ -134,11 +139,13 @@ def parse_params(record: TensorRecord):
             raise _field_error(record, "reserved", "zero", reserved)
         if codebook_dtype not in CODEBOOK_DTYPES:
             raise _field_error(record, "codebook_dtype", "0 (f32) or 1 (f16)", codebook_dtype)
+        if coding not in (CODEBOOK_PLAIN, CODEBOOK_DELTA_ZSTD):
+            raise _field_error(record, "codebook_coding", "0 (plain) or 1 (delta, shuffled, zstd)", coding)
         if not 1 <= bits <= MAX_STREAM_WIDTH:
             raise _field_error(record, "bits", f"1 to {MAX_STREAM_WIDTH}", bits)
         if not 1 <= n_clusters <= (1 << bits):
             raise _field_error(record, "n_clusters", f"1 to {1 << bits} (2^bits)", n_clusters)
-        return SharedParams(codebook_dtype, bits, n_clusters, index_bits, zero_slot)
+        return SharedParams(codebook_dtype, bits, n_clusters, coding, index_bits, zero_slot)
     if encoding == Encoding.UNIFORM:
         bits, axis, reserved, channels = _UNIFORM.unpack(data)
         if reserved:
@@ -300,8 +307,44 @@ def encode_raw(name: str, array: np.ndarray, *, compression: str = "auto") -> Te
                   [SectionData(SectionKind.DATA, data)], flags)
 
 
-def _codebook_bytes(codebook: np.ndarray, codebook_dtype: int) -> bytes:
-    return np.ascontiguousarray(codebook, dtype=CODEBOOK_DTYPES[codebook_dtype]).tobytes()
+def _order_keys(bits: np.ndarray, width: int) -> np.ndarray:
+    """Map float bit patterns to unsigned keys that increase with the float's total order."""
+    sign = np.uint64(1 << (width - 1))
+    mask = np.uint64((1 << width) - 1)
+    bits = bits.astype(np.uint64)
+    return np.where(bits >= sign, mask - bits, bits + sign)
+
+
+def _from_order_keys(keys: np.ndarray, width: int) -> np.ndarray:
+    sign = np.uint64(1 << (width - 1))
+    mask = np.uint64((1 << width) - 1)
+    return np.where(keys >= sign, keys - sign, mask - keys)
+
+
+def encode_codebook(codebook: np.ndarray, codebook_dtype: int, coding: str = "auto") -> tuple[int, bytes]:
+    """Return (codebook_coding, section bytes) for ``codebook``: plain, or delta-coded and zstd.
+
+    Delta coding stores the differences of consecutive order keys (spec section 9.2), which
+    are small for sorted centroids, so the shuffled bytes compress well.
+    """
+    values = np.ascontiguousarray(codebook, dtype=CODEBOOK_DTYPES[codebook_dtype])
+    plain = values.tobytes()
+    if coding == "plain" or len(values) < 2:
+        return CODEBOOK_PLAIN, plain
+    width = values.itemsize * 8
+    unsigned = np.dtype(f"<u{values.itemsize}")
+    keys = _order_keys(values.view(unsigned), width)
+    deltas = (np.diff(keys, prepend=np.uint64(0)) & np.uint64((1 << width) - 1)).astype(unsigned)
+    frame = zstandard.ZstdCompressor(level=19, write_content_size=True, write_checksum=False).compress(
+        shuffle_bytes(deltas.tobytes(), values.itemsize)
+    )
+    if coding == "auto" and len(frame) >= len(plain):
+        return CODEBOOK_PLAIN, plain
+    return CODEBOOK_DELTA_ZSTD, frame
+
+
+def _zstd_flag(codebook_coding: int) -> int:
+    return RequiredFlag.ZSTD if codebook_coding == CODEBOOK_DELTA_ZSTD else 0
 
 
 def _codebook_code(codebook: np.ndarray) -> int:
@@ -309,24 +352,26 @@ def _codebook_code(codebook: np.ndarray) -> int:
 
 
 def encode_shared(name: str, dtype: np.dtype, shape: tuple[int, ...], codebook: np.ndarray,
-                  assignments: np.ndarray, bits: int, *, stream_form=None) -> TensorEntry:
+                  assignments: np.ndarray, bits: int, *, stream_form=None,
+                  codebook_coding: str = "auto") -> TensorEntry:
     """Store a dense codebook tensor: ``codebook[assignments]`` restores it."""
     code = _codebook_code(codebook)
     n_clusters = len(codebook)
-    params = _SHARED.pack(code, bits, 0, n_clusters)
+    coding, codebook_data = encode_codebook(codebook, code, codebook_coding)
+    params = _SHARED.pack(code, bits, coding, 0, n_clusters)
     sections = [
-        SectionData(SectionKind.CODEBOOK, _codebook_bytes(codebook, code)),
+        SectionData(SectionKind.CODEBOOK, codebook_data),
         SectionData(SectionKind.ASSIGNMENTS,
                     streams.encode_stream(np.asarray(assignments).reshape(-1), bits, form=stream_form)),
     ]
-    entry = _entry(name, dtype, shape, Encoding.SHARED, params, sections)
+    entry = _entry(name, dtype, shape, Encoding.SHARED, params, sections, _zstd_flag(coding))
     entry.symbols = {SectionKind.ASSIGNMENTS: assignments}
     return entry
 
 
 def encode_sparse_shared(name: str, dtype: np.dtype, shape: tuple[int, ...], codebook: np.ndarray,
                          assignments: np.ndarray, bits: int, index_bits: int, zero_slot: int, *,
-                         stream_form=None) -> TensorEntry:
+                         stream_form=None, codebook_coding: str = "auto") -> TensorEntry:
     """Store the Deep Compression sparse layout of ``codebook[assignments]``.
 
     Entries are placed at every element whose assignment is not ``zero_slot``; fillers are
@@ -339,13 +384,14 @@ def encode_sparse_shared(name: str, dtype: np.dtype, shape: tuple[int, ...], cod
     stored = source >= 0
     entry_assignments[stored] = flat[positions[source[stored]]]
     code = _codebook_code(codebook)
-    params = _SPARSE_SHARED.pack(code, bits, index_bits, 0, len(codebook), zero_slot)
+    coding, codebook_data = encode_codebook(codebook, code, codebook_coding)
+    params = _SPARSE_SHARED.pack(code, bits, index_bits, coding, len(codebook), zero_slot)
     sections = [
-        SectionData(SectionKind.CODEBOOK, _codebook_bytes(codebook, code)),
+        SectionData(SectionKind.CODEBOOK, codebook_data),
         SectionData(SectionKind.ASSIGNMENTS, streams.encode_stream(entry_assignments, bits, form=stream_form)),
         SectionData(SectionKind.GAPS, streams.encode_stream(gaps, index_bits, form=stream_form)),
     ]
-    entry = _entry(name, dtype, shape, Encoding.SPARSE_SHARED, params, sections)
+    entry = _entry(name, dtype, shape, Encoding.SPARSE_SHARED, params, sections, _zstd_flag(coding))
     entry.symbols = {SectionKind.ASSIGNMENTS: entry_assignments, SectionKind.GAPS: gaps}
     return entry
 
@@ -419,11 +465,44 @@ def _stream_count(record: TensorRecord, get_section: SectionGetter, position: in
 
 def _read_codebook(record: TensorRecord, params: SharedParams, get_section: SectionGetter) -> np.ndarray:
     data, section = get_section(record.first_section)
-    reader = ByteReader(data, base=section.offset, section=f"section[{section.index}] (codebook) of {record.name!r}")
-    codebook = reader.array(CODEBOOK_DTYPES[params.codebook_dtype], params.n_clusters, "codebook",
-                            cap=MAX_CODEBOOK_ENTRIES)
+    name = f"section[{section.index}] (codebook) of {record.name!r}"
+    dtype = CODEBOOK_DTYPES[params.codebook_dtype]
+    if params.codebook_coding == CODEBOOK_DELTA_ZSTD:
+        expected = params.n_clusters * dtype.itemsize
+        data = _zstd_content(data, expected, name, section.offset)
+    reader = ByteReader(data, base=section.offset, section=name)
+    codebook = reader.array(dtype, params.n_clusters, "codebook", cap=MAX_CODEBOOK_ENTRIES)
     reader.expect_end("codebook")
+    if params.codebook_coding == CODEBOOK_DELTA_ZSTD:
+        unsigned = np.dtype(f"<u{dtype.itemsize}")
+        width = dtype.itemsize * 8
+        deltas = np.frombuffer(unshuffle_bytes(codebook.tobytes(), dtype.itemsize), dtype=unsigned)
+        keys = np.cumsum(deltas.astype(np.uint64)) & np.uint64((1 << width) - 1)
+        codebook = _from_order_keys(keys, width).astype(unsigned).view(dtype)
     return codebook
+
+
+def _zstd_content(data, expected: int, name: str, offset: int) -> bytes:
+    """Decompress one zstd frame that must declare exactly ``expected`` bytes of content."""
+    try:
+        frame = zstandard.get_frame_parameters(data)
+    except zstandard.ZstdError as error:
+        raise InvalidFieldError(section=name, field="zstd frame", offset=offset,
+                                expected="a zstd frame", found=str(error)) from None
+    if frame.content_size != expected:
+        raise InvalidFieldError(
+            section=name, field="zstd content size", offset=offset,
+            expected=f"{expected} bytes", found=frame.content_size,
+        )
+    try:
+        payload = zstandard.ZstdDecompressor().decompress(data, max_output_size=expected)
+    except zstandard.ZstdError as error:
+        raise InvalidFieldError(section=name, field="zstd frame", offset=offset,
+                                expected="a valid zstd frame", found=str(error)) from None
+    if len(payload) != expected:
+        raise InvalidFieldError(section=name, field="zstd frame", offset=offset,
+                                expected=f"{expected} bytes", found=len(payload))
+    return payload
 
 
 def _check_assignments(record: TensorRecord, assignments: np.ndarray, n_clusters: int,
@@ -513,24 +592,7 @@ def _decode_raw(record: TensorRecord, params: RawParams, get_section: SectionGet
     name = f"section[{section.index}] (data) of {record.name!r}"
     expected = record.size * dtype.itemsize
     if params.compression == Compression.ZSTD:
-        try:
-            frame = zstandard.get_frame_parameters(data)
-        except zstandard.ZstdError as error:
-            raise InvalidFieldError(section=name, field="zstd frame", offset=section.offset,
-                                    expected="a zstd frame", found=str(error)) from None
-        if frame.content_size != expected:
-            raise InvalidFieldError(
-                section=name, field="zstd content size", offset=section.offset,
-                expected=f"{expected} bytes (size x dtype bytes)", found=frame.content_size,
-            )
-        try:
-            payload = zstandard.ZstdDecompressor().decompress(data, max_output_size=expected)
-        except zstandard.ZstdError as error:
-            raise InvalidFieldError(section=name, field="zstd frame", offset=section.offset,
-                                    expected="a valid zstd frame", found=str(error)) from None
-        if len(payload) != expected:
-            raise InvalidFieldError(section=name, field="zstd frame", offset=section.offset,
-                                    expected=f"{expected} bytes", found=len(payload))
+        payload = _zstd_content(data, expected, name, section.offset)
     else:
         if len(data) != expected:
             raise InvalidFieldError(

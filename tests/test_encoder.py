@@ -253,3 +253,29 @@ def test_no_warnings_on_clean_model():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         _round_trip(_model())
+
+
+@pytest.mark.parametrize("dtype_code, dtype", [(0, np.float32), (1, np.float16)])
+def test_codebook_delta_coding_round_trips_any_bits(dtype_code, dtype):
+    from dcformat import encodings
+
+    rng = np.random.default_rng(4)
+    special = np.array([0.0, -0.0, np.inf, -np.inf, 1e-30, -1e-30], dtype=dtype)
+    sorted_values = np.sort(rng.standard_normal(250).astype(dtype))
+    for codebook in (np.concatenate([special, sorted_values]), rng.permutation(sorted_values)):
+        coding, data = encodings.encode_codebook(codebook, dtype_code, "delta")
+        assert coding == encodings.CODEBOOK_DELTA_ZSTD
+        params = encodings.SharedParams(dtype_code, 8, len(codebook), coding)
+        section = dcformat.container.Section(0, 64, len(data), 0, 2)
+        record = dcformat.container.TensorRecord(0, "w", 0, (1,), 1, 1, 0, 0, 1, b"", 0)
+        decoded = encodings._read_codebook(record, params, lambda i: (memoryview(data), section))
+        assert decoded.tobytes() == codebook.tobytes()
+
+
+def test_sorted_codebook_delta_is_smaller():
+    from dcformat import encodings
+
+    codebook = np.concatenate([[0.0], np.sort(np.random.default_rng(5).laplace(0, 0.05, 255))]).astype(np.float32)
+    coding, data = encodings.encode_codebook(codebook, 0, "auto")
+    assert coding == encodings.CODEBOOK_DELTA_ZSTD
+    assert len(data) < codebook.nbytes
