@@ -38,7 +38,7 @@ FC_BITS = 5
 # deviation) with quality 1.0, applied with one threshold across all weight tensors
 # (scope "global"), so large redundant layers lose more weights than small ones. Without
 # fine-tuning this cost 0.6 points of test accuracy on the bundled LeNet-300-100 at 22x, where
-# per-tensor thresholds lost 1.7 points at 19x (tools/sweep_defaults.py measures both).
+# per-tensor thresholds lost 1.5 points at 19x (tools/sweep_defaults.py measures both).
 DEFAULT_QUALITY = 1.0
 
 
