@@ -25,7 +25,7 @@ FOOTER_DIGEST_OFFSET = 48  # offset of the SHA-256 digest inside the footer
 DIRECTORY_HEADER_SIZE = 16
 SECTION_ENTRY_SIZE = 24
 STREAM_HEADER_SIZE = 12
-HUFFMAN_HEADER_SIZE = 20  # bytes after the stream header, before the code lengths
+HUFFMAN_HEADER_SIZE = 16  # alphabet_size, block_size, payload_bits: bytes between the stream header and the code lengths
 
 DEFAULT_ALIGNMENT_LOG2 = 6  # 64-byte sections: one cache line, enough for mmap and SIMD loads
 MAX_ALIGNMENT_LOG2 = 16
