@@ -373,12 +373,14 @@ def encode_tensor(name: str, array: np.ndarray, settings: TensorSettings, *,
         return _encode_uniform_fixed(name, array, values, settings, report, finish, form)
 
     bits = settings.bits
+    # Cluster in the tensor's own dtype so the codebook is rounded to it (exact for the pruned
+    # values, which all came from that dtype).
     shared = quantize.share_weights(
-        values.astype(np.float32) if code != 3 else values, bits, init=settings.init, seed=settings.seed,
+        values.astype(dtype), bits, init=settings.init, seed=settings.seed,
         max_iter=settings.max_iter, codebook_dtype=np.float16 if settings.codebook_dtype == "float16" else np.float32,
     )
     codebook, assignments, zero_slot = _trim_codebook(shared)
-    recon = codebook.astype(dtype)[assignments] if code != 2 else codebook.astype(np.float32)[assignments].astype(dtype)
+    recon = codebook.astype(dtype)[assignments]
     report.bits, report.n_clusters = bits, len(codebook)
     report.settings = {
         "bits": bits, "init": settings.init, "seed": settings.seed, "iterations": shared.iterations,
