@@ -193,7 +193,8 @@ def _as_numpy(value: Any) -> np.ndarray | None:
 
 
 def _stored_bytes(entry: TensorEntry) -> int:
-    own = sum(len(s.data) for s in entry.sections) + len(entry.params)
+    """Bytes of the tensor's sections (and its factors'), as ``inspect`` counts them."""
+    own = sum(len(s.data) for s in entry.sections)
     return own + sum(_stored_bytes(f) for f in entry.factors)
 
 

@@ -150,6 +150,12 @@ class DCFReader:
                 own.extend(self._sections_of(self.info.tensors[index]))
         return own
 
+    def section_bytes(self, index: int, *, check_crc: bool = True) -> memoryview:
+        """Return the bytes of section ``index``, checking its CRC-32 unless told not to."""
+        if not 0 <= index < len(self.info.sections):
+            raise IndexError(f"section index {index} out of range 0..{len(self.info.sections) - 1}")
+        return section_bytes(self._source.buffer, self.info.sections[index], check_crc=check_crc)
+
     # Decoding
 
     def _section_getter(self):
