@@ -122,7 +122,7 @@ class ByteReader:
 
 def checked_mul(*factors: int, section: str, field: str, offset: int | None = None,
                 limit: int = 1 << 63) -> int:
-    """Multiply non-negative integers and raise :class:`LimitExceededError` past ``limit``.
+    """Multiply non-negative integers; raise :class:`LimitExceededError` if the product exceeds ``limit``.
 
     Python integers do not overflow, but the result still has to fit the u64 fields and the
     allocation sizes that follow, so every size product goes through here.
@@ -135,7 +135,7 @@ def checked_mul(*factors: int, section: str, field: str, offset: int | None = No
                 section=section,
                 field=field,
                 offset=offset,
-                expected=f"a size below {limit}",
+                expected=f"a size of at most {limit}",
                 found=" x ".join(str(int(f)) for f in factors),
             )
     return product

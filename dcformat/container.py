@@ -696,7 +696,7 @@ def parse_container(buffer: memoryview) -> ContainerInfo:
     user_section_count = reader.u32("user_section_count")
     metadata_size = reader.u32("metadata_size")
     _check_count(reader, "section_count", section_count, MAX_SECTIONS, SECTION_ENTRY_SIZE, 0)
-    _check_count(reader, "tensor_count", tensor_count, MAX_TENSORS, 18, 4)
+    _check_count(reader, "tensor_count", tensor_count, MAX_TENSORS, 21, 4)
     _check_count(reader, "user_section_count", user_section_count, MAX_SECTIONS, 7, 8)
     _check_count(reader, "metadata_size", metadata_size, MAX_METADATA_BYTES, 1, 12)
 
@@ -709,8 +709,11 @@ def parse_container(buffer: memoryview) -> ContainerInfo:
     try:
         metadata = decode_metadata(metadata_bytes)
     except InvalidFieldError as error:
-        error.offset = metadata_reader_offset
-        raise
+        raise InvalidFieldError(
+            f"{error} (metadata starts at directory offset {metadata_reader_offset})",
+            section=error.section, field=error.field, offset=metadata_reader_offset,
+            expected=error.expected, found=error.found,
+        ) from None
     return ContainerInfo(
         file_size=len(buffer), major_version=major, minor_version=minor, footer=footer,
         sections=tuple(sections), tensors=tuple(tensors), user_sections=user_sections,
@@ -821,8 +824,11 @@ def _read_tensor_table(reader: ByteReader, count: int, sections: list[Section]) 
             )
         shape_offset = reader.offset
         shape = tuple(int(reader.u64(f"{where}.shape")) for _ in range(ndim))
-        checked_mul(*shape, NUMPY_DTYPES[dtype].itemsize, section="directory",
-                    field=f"{where}.shape", offset=shape_offset)
+        # Zero dimensions are left out of the product: numpy rejects a shape such as
+        # (2**62, 0) although it has no elements, because it multiplies the non-zero
+        # dimensions into a signed 64-bit byte count.
+        checked_mul(*(dim for dim in shape if dim), NUMPY_DTYPES[dtype].itemsize, section="directory",
+                    field=f"{where}.shape", offset=shape_offset, limit=(1 << 63) - 1)
         first_section = reader.u32(f"{where}.first_section")
         section_count = reader.u32(f"{where}.section_count")
         params_size = reader.u16(f"{where}.params_size")

@@ -117,8 +117,8 @@ def parse_params(record: TensorRecord):
         compression, shuffle = _RAW.unpack(data)
         if compression not in (Compression.NONE, Compression.ZSTD):
             raise _field_error(record, "compression", "0 (none) or 1 (zstd)", compression)
-        if shuffle not in (0, 1):
-            raise _field_error(record, "shuffle", "0 or 1", shuffle)
+        if shuffle not in (0, 1) or (shuffle and compression == Compression.NONE):
+            raise _field_error(record, "shuffle", "0 or 1, and 0 when compression is 0", shuffle)
         return RawParams(compression, shuffle)
     if encoding in (Encoding.SHARED, Encoding.SPARSE_SHARED):
         if encoding == Encoding.SHARED:
@@ -229,6 +229,14 @@ def check_record(record: TensorRecord, sections: tuple[Section, ...],
                     expected=f"a float factor tensor of shape {expected_shape} that is not lowrank",
                     found=f"tensor {factor.name!r} of shape {factor.shape}",
                 )
+
+
+def uses_zstd(record: TensorRecord) -> bool:
+    """Whether the params of ``record`` select zstd for one of its sections."""
+    params = parse_params(record)
+    if isinstance(params, RawParams):
+        return params.compression == Compression.ZSTD
+    return isinstance(params, SharedParams) and params.codebook_coding == CODEBOOK_DELTA_ZSTD
 
 
 def check_factor_ownership(tensors: tuple[TensorRecord, ...]) -> None:
@@ -521,11 +529,11 @@ def decode_sparse_entries(record: TensorRecord, get_section: SectionGetter) -> t
     """Return (positions, assignments, codebook, zero_slot) of a sparse-shared tensor, validated."""
     params = parse_params(record)
     codebook = _read_codebook(record, params, get_section)
-    if codebook[params.zero_slot] != 0:
+    if codebook[params.zero_slot] != 0 or np.signbit(codebook[params.zero_slot]):
         _, section = get_section(record.first_section)
         raise InvalidFieldError(
             section=f"section[{section.index}] (codebook) of {record.name!r}", field=f"codebook[{params.zero_slot}]",
-            offset=section.offset + params.zero_slot * codebook.itemsize, expected="0.0 (the zero slot)",
+            offset=section.offset, expected="+0.0 (the zero slot)",
             found=float(codebook[params.zero_slot]),
         )
     entries = _stream_count(record, get_section, 2, record.size)

@@ -15,6 +15,7 @@ from .constants import (
     ENCODING_NAMES,
     NUMPY_DTYPES,
     Encoding,
+    RequiredFlag,
 )
 from .container import (
     ContainerInfo,
@@ -26,7 +27,7 @@ from .container import (
     section_bytes,
     verify_container,
 )
-from .errors import DCFormatError, TensorNotFoundError
+from .errors import DCFormatError, LimitExceededError, TensorNotFoundError, UnknownFeatureError
 
 logger = logging.getLogger(__name__)
 
@@ -77,8 +78,15 @@ class DCFReader:
         self._source = Source(source)
         try:
             self.info: ContainerInfo = parse_container(self._source.buffer)
+            zstd_allowed = bool(self.info.footer.required_flags & RequiredFlag.ZSTD)
             for record in self.info.tensors:
                 encodings.check_record(record, self.info.sections, self.info.tensors)
+                if not zstd_allowed and encodings.uses_zstd(record):
+                    raise UnknownFeatureError(
+                        section="directory", field=f"tensor {record.name!r}.params",
+                        offset=record.directory_offset, expected="required flag zstd set for a zstd section",
+                        found="the flag clear",
+                    )
             encodings.check_factor_ownership(self.info.tensors)
         except BaseException:
             self._source.close()
@@ -205,6 +213,8 @@ class DCFReader:
         if format not in ("csr", "coo", "torch"):
             raise ValueError(f"format must be 'csr', 'coo' or 'torch', not {format!r}")
         record = self.record(name)
+        if format != "coo":
+            self._check_indptr_size(record)
         positions, values = self.get_entries(name)
         if format == "coo":
             return sparse.to_coo(positions, values, record.shape)
@@ -214,6 +224,20 @@ class DCFReader:
         from .torch import csr_to_torch
 
         return csr_to_torch(matrix)
+
+    def _check_indptr_size(self, record: TensorRecord) -> None:
+        # A CSR index has one int64 per row plus one, however few elements the tensor has,
+        # so a shape such as (2**40, 0) would allocate terabytes without this check.
+        rows, _ = sparse.matrix_shape(record.shape)
+        indptr_bytes = 8 * (rows + 1)
+        if indptr_bytes > self.max_tensor_bytes:
+            raise LimitExceededError(
+                f"tensor {record.name!r}: the CSR row index of {rows} rows takes {indptr_bytes} bytes, "
+                f"above the limit of {self.max_tensor_bytes} bytes; pass a larger max_tensor_bytes "
+                "to dcformat.open() or use format='coo'",
+                section="directory", field=f"tensor {record.name!r}.shape", offset=record.directory_offset,
+                expected=f"at most {self.max_tensor_bytes} bytes", found=indptr_bytes,
+            )
 
     def items(self) -> Iterator[tuple[str, np.ndarray]]:
         for name in self.keys():

@@ -105,3 +105,12 @@ def test_torch_round_trip(compressed):
         np.testing.assert_array_equal(value.numpy(), reconstruction[key])
     csr = dcformat.open(path).get_sparse(list(tensors)[0], format="torch")
     assert csr.layout == torch.sparse_csr
+
+
+def test_spec_only_decoder_agrees(compressed):
+    import decode_by_hand
+
+    _, _, path, _, reconstruction = compressed
+    decoded = decode_by_hand.decode_all(path.read_bytes())
+    for key, expected in reconstruction.items():
+        np.testing.assert_array_equal(decoded[key], expected, err_msg=key)

@@ -303,6 +303,29 @@ def read_stream(data: bytes, width: int, count: int | None, cap: int) -> list[in
 # --- section 9: encodings -------------------------------------------------------------------
 
 
+def read_codebook(data: bytes, codebook_dtype: int, coding: int, n_clusters: int) -> np.ndarray:
+    """Section 9.2: plain values, or zstd-compressed, shuffled order-key deltas."""
+    nbytes = 4 if codebook_dtype == 0 else 2
+    float_type, int_type = ("<f4", "<u4") if nbytes == 4 else ("<f2", "<u2")
+    if coding == 1:
+        try:
+            declared = zstandard.get_frame_parameters(data).content_size
+            require(declared == n_clusters * nbytes, "codebook zstd content size")
+            data = zstandard.ZstdDecompressor().decompress(data, max_output_size=declared)
+        except zstandard.ZstdError as error:
+            raise Rejected(f"zstd frame: {error}") from None
+    require(len(data) == n_clusters * nbytes, "codebook size")
+    if coding == 0:
+        return np.frombuffer(data, float_type)
+    width = 8 * nbytes
+    deltas = np.frombuffer(data, "u1").reshape(nbytes, n_clusters).T.copy().view(int_type).reshape(-1)
+    keys, key, sign, top = [], 0, 1 << (width - 1), (1 << width) - 1
+    for delta in deltas:
+        key = (key + int(delta)) & top
+        keys.append(key - sign if key >= sign else top - key)
+    return np.array(keys, dtype=int_type).view(float_type)
+
+
 def decode(info: dict, tensor: dict) -> np.ndarray:
     sections = [section_bytes(info, s) for s in tensor["sections"]]
     params, size, code = tensor["params"], tensor["size"], tensor["dtype"]
@@ -331,18 +354,19 @@ def decode(info: dict, tensor: dict) -> np.ndarray:
         codebook_dtype, bits = params[0], params[1]
         n_clusters = struct.unpack_from("<I", params, 4)[0]
         require(codebook_dtype in (0, 1) and 1 <= bits <= 16 and 1 <= n_clusters <= 1 << bits, "shared params")
-        codebook = np.frombuffer(sections[0], "<f4" if codebook_dtype == 0 else "<f2")
-        require(codebook.size == n_clusters and len(sections[0]) == codebook.nbytes, "codebook size")
-        codebook = to_dtype(codebook, code)
+        coding = params[2] if tensor["encoding"] == "shared" else params[3]
+        require(coding in (0, 1), "codebook_coding")
+        raw_codebook = read_codebook(sections[0], codebook_dtype, coding, n_clusters)
+        codebook = to_dtype(raw_codebook, code)
         if tensor["encoding"] == "shared":
-            require(params[2:4] == b"\0\0", "shared.reserved")
+            require(params[3] == 0, "shared.reserved")
             assignments = read_stream(sections[1], bits, size, size)
             require(all(a < n_clusters for a in assignments), "assignment beyond the codebook")
             return codebook[np.array(assignments, dtype=np.int64)].reshape(tensor["shape"])
         index_bits, zero_slot = params[2], struct.unpack_from("<I", params, 8)[0]
-        require(params[3] == 0 and 1 <= index_bits <= 16 and zero_slot < n_clusters, "sparse params")
-        raw_codebook = np.frombuffer(sections[0], "<f4" if codebook_dtype == 0 else "<f2")
-        require(raw_codebook[zero_slot] == 0, "codebook[zero_slot] is not 0")
+        require(1 <= index_bits <= 16 and zero_slot < n_clusters, "sparse params")
+        require(raw_codebook[zero_slot] == 0 and not np.signbit(raw_codebook[zero_slot]),
+                "codebook[zero_slot] is not +0.0")
         gaps = read_stream(sections[2], index_bits, None, size)
         assignments = read_stream(sections[1], bits, len(gaps), size)
         positions = np.cumsum(np.array(gaps, dtype=np.int64) + 1) - 1

@@ -1064,7 +1064,7 @@ def _section_count_huge() -> bytes:
     return edit_layout("raw_none", lambda layout: layout.counts.update(section_count=0xFFFFFFFF))
 
 
-@malformed("shape_overflow", "LimitExceededError", "a size below 9223372036854775808", "open",
+@malformed("shape_overflow", "LimitExceededError", "a size of at most 9223372036854775807", "open",
            "shape (2^32, 2^32) of float32: the byte size 2^66 overflows 2^63")
 def _shape_overflow() -> bytes:
     return edit_layout("sparse_shared_huffman",
@@ -1189,11 +1189,18 @@ def _gap_past_end() -> bytes:
     return edit_section("sparse_shared_packed", "fc1.weight", 2, edit)
 
 
-@malformed("zero_slot_not_zero", "InvalidFieldError", "expected 0.0 (the zero slot), found 0.5",
+@malformed("zero_slot_not_zero", "InvalidFieldError", "expected +0.0 (the zero slot), found 0.5",
            "get:fc2.weight", "codebook[zero_slot] (entry 2) changed from 0.0 to 0.5")
 def _zero_slot_not_zero() -> bytes:
     return edit_section("sparse_shared_huffman", "fc2.weight", 0,
                         lambda body, offset, s: struct.pack_into("<f", body, offset + 8, 0.5))
+
+
+@malformed("zero_slot_negative_zero", "InvalidFieldError", "expected +0.0 (the zero slot), found -0.0",
+           "get:fc2.weight", "codebook[zero_slot] (entry 2) changed from +0.0 to -0.0")
+def _zero_slot_negative_zero() -> bytes:
+    return edit_section("sparse_shared_huffman", "fc2.weight", 0,
+                        lambda body, offset, s: struct.pack_into("<f", body, offset + 8, -0.0))
 
 
 @malformed("zero_slot_out_of_range", "IndexOutOfRangeError", "less than n_clusters (6)", "open",
