@@ -144,7 +144,10 @@ class Config:
     def __post_init__(self) -> None:
         _check_settings_keys(self.defaults, "defaults")
         TensorSettings(**self.defaults)  # validates every value
-        for rule in self.rules:
+        for index, rule in enumerate(self.rules):
+            if not isinstance(rule, Rule):
+                raise ConfigError(f"rules[{index}]: expected a dcformat.Rule(pattern, settings), "
+                                  f"found {type(rule).__name__}")
             if not isinstance(rule.pattern, str) or not rule.pattern:
                 raise ConfigError(f"rule pattern {rule.pattern!r}: expected a non-empty glob string")
             _check_settings_keys(rule.settings, f"rules[{rule.pattern!r}]")
@@ -157,6 +160,18 @@ class Config:
         if not isinstance(self.record_settings, bool):
             raise ConfigError(f"record_settings={self.record_settings!r}: expected true or false")
         _check_choice("nonfinite", self.nonfinite, NONFINITE_POLICIES)
+
+    def pruning_criterion(self) -> tuple[float | None, float | None]:
+        """The (sparsity, quality) that ``defaults`` give every prunable tensor."""
+        if self.defaults.get("sparsity") is not None:
+            return self.defaults["sparsity"], None
+        return None, self.defaults.get("quality", DEFAULT_QUALITY)
+
+    def unmatched_patterns(self, names) -> list[str]:
+        """Rule patterns that match none of ``names`` (usually a typo)."""
+        names = list(names)
+        return [rule.pattern for rule in self.rules
+                if not any(fnmatch.fnmatchcase(name, rule.pattern) for name in names)]
 
     @property
     def alignment_log2(self) -> int:

@@ -241,6 +241,8 @@ class ContainerWriter:
         if isinstance(target, (str, os.PathLike)):
             destination = os.path.abspath(os.fspath(target))
             folder = os.path.dirname(destination)
+            if not os.path.isdir(folder):
+                raise FileNotFoundError(f"cannot write {destination}: the folder {folder} does not exist")
             handle, self._temp_path = tempfile.mkstemp(
                 prefix="." + os.path.basename(destination) + ".", suffix=".tmp", dir=folder
             )
@@ -541,6 +543,8 @@ def read_preamble(buffer: memoryview) -> tuple[int, int]:
                 found=f"a file of {size} bytes",
             )
         raise BadMagicError(
+            "preamble.magic at offset 0: this is not a DCF file (expected the bytes "
+            f"{MAGIC.hex(' ')}, found {found.hex(' ') or 'an empty file'})",
             section="preamble", field="magic", offset=0, expected=MAGIC.hex(" "),
             found=found.hex(" ") or "an empty file",
         )
@@ -570,7 +574,7 @@ def read_footer(buffer: memoryview) -> Footer:
     if tail != FOOTER_MAGIC:
         raise TruncatedError(
             "footer.footer_magic at offset {0} ({0:#x}): expected {1}, found {2} "
-            "(the file is truncated or has trailing bytes)".format(
+            "(the file is truncated, has trailing bytes, or its last bytes are damaged)".format(
                 size - len(FOOTER_MAGIC), FOOTER_MAGIC.hex(" "), tail.hex(" ")
             ),
             section="footer", field="footer_magic", offset=size - len(FOOTER_MAGIC),

@@ -12,6 +12,7 @@ tensor rather than the model.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -42,6 +43,21 @@ FORMS = {"auto": None, "packed": StreamForm.PACKED, "huffman": StreamForm.HUFFMA
 AUTO_INDEX_BITS = tuple(range(2, 9))
 # Bisection steps when matching the uniform step to the k-means error; 2^-30 relative precision.
 UNIFORM_SEARCH_STEPS = 30
+# Metadata key of the per-tensor content hashes: tensor name -> tensor_sha256() of its decoded
+# values. `dcformat compare` uses them to tell changed tensors without decoding either file.
+HASHES_KEY = "tensor_sha256"
+
+
+def tensor_sha256(array: np.ndarray) -> str:
+    """Return the SHA-256 (hex) of ``array``'s elements in C order and little-endian bytes.
+
+    Shape and dtype are not hashed; compare them separately. For a decoded tensor this is the
+    hash of exactly the bytes :meth:`dcformat.DCFReader.get` returns.
+    """
+    array = np.asarray(array)
+    if array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("<"))
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
 
 
 @dataclass
@@ -84,6 +100,7 @@ class TensorReport:
     sections: dict[str, int] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
     note: str = ""
+    sha256: str = ""  # tensor_sha256() of the tensor as a reader decodes it
 
     @property
     def bits_per_weight(self) -> float:
@@ -329,6 +346,8 @@ def encode_tensor(name: str, array: np.ndarray, settings: TensorSettings, *,
             diff = recon.astype(np.float64).reshape(-1) - array.astype(np.float64).reshape(-1)
             report.mse = float(np.mean(diff * diff))
         report.sparsity = 1.0 - (report.nnz / size) if size else 0.0
+        if recon is not None:
+            report.sha256 = tensor_sha256(recon)
         return EncodedTensor(entry, report, recon if keep_reconstruction else None)
 
     def raw(reason: str = "") -> EncodedTensor:
@@ -347,7 +366,6 @@ def encode_tensor(name: str, array: np.ndarray, settings: TensorSettings, *,
             raise _nonfinite_error(name, count)
         message = f"tensor {name!r} has {count} NaN or infinite values; storing it raw and lossless"
         warnings.warn(message, stacklevel=3)
-        logger.warning(message)
         return raw(f"{count} non-finite values")
 
     if settings.encoding in ("float16", "bfloat16"):
@@ -369,6 +387,9 @@ def encode_tensor(name: str, array: np.ndarray, settings: TensorSettings, *,
     if mask is not None:
         values = np.where(mask, values, 0.0)
     report.nnz = int(np.count_nonzero(values))
+    if report.nnz == 0 and np.count_nonzero(array):
+        warnings.warn(f"tensor {name!r}: pruning removed every weight; lower its sparsity or quality",
+                      stacklevel=3)
 
     if settings.encoding == "uniform":
         return _encode_uniform_fixed(name, array, values, settings, report, finish, form)
@@ -498,18 +519,22 @@ def _encode_lowrank(name, array, settings, report, finish) -> EncodedTensor:
 
 def compute_global_masks(arrays: Mapping[str, np.ndarray], config: Config,
                          settings: Mapping[str, TensorSettings]) -> dict[str, np.ndarray]:
-    """One magnitude threshold across every tensor selected for pruning (``scope="global"``)."""
+    """One magnitude threshold across the tensors pruned by the default criterion (``scope="global"``).
+
+    A tensor whose rules set its own ``sparsity`` or ``quality`` is left out here and pruned
+    on its own by :func:`encode_tensor`, so "later rules win" holds in both scopes.
+    """
+    sparsity, quality = config.pruning_criterion()
     selected = {
         name: arrays[name] for name, s in settings.items()
         if s.encoding not in ("raw", "float16", "bfloat16", "lowrank") and s.prune is not False
-        and (s.sparsity or s.quality) and arrays[name].size
+        and (s.sparsity, s.quality) == (sparsity, quality) and (sparsity or quality) and arrays[name].size
         and dtype_code(arrays[name].dtype) in FLOAT_DTYPES and not nonfinite_count(arrays[name])
     }
     if not selected:
         return {}
-    first = settings[next(iter(selected))]
     result = prune.prune(
-        {k: v.astype(np.float32) for k, v in selected.items()}, sparsity=first.sparsity, quality=first.quality,
+        {k: v.astype(np.float32) for k, v in selected.items()}, sparsity=sparsity, quality=quality,
         scope="global", include=tuple(selected),
     )
     return dict(result.masks)
@@ -527,7 +552,9 @@ def compress(
     """Compress ``tensors`` into a DCF file at ``target``; return the report and reconstructions.
 
     The reconstructions (the encoder's own view of each decoded tensor) are returned only
-    with ``keep_reconstruction``; otherwise the dict is empty.
+    with ``keep_reconstruction``; otherwise the dict is empty. With ``config.record_settings``
+    (the default) the metadata stores each tensor's settings and, under :data:`HASHES_KEY`,
+    its :func:`tensor_sha256`.
     """
     config = config or Config()
     if not isinstance(config, Config):
@@ -544,6 +571,8 @@ def compress(
             count = nonfinite_count(array)
             if count:
                 raise _nonfinite_error(name, count)
+    for pattern in config.unmatched_patterns(arrays):
+        warnings.warn(f"rule pattern {pattern!r} matches no tensor name; check it for a typo", stacklevel=3)
     masks = compute_global_masks(arrays, config, settings) if config.scope == "global" else {}
 
     reports: list[TensorReport] = []
@@ -566,6 +595,9 @@ def compress(
         document: dict[str, Any] = {"encoder": {"name": "dcformat", "version": __version__}}
         if config.record_settings:
             document["settings"] = {r.name: r.settings for r in reports if r.settings}
+            # NOTE: lowrank hashes are of this machine's float64 product; another reader may
+            # differ in the last bit (spec section 9.5) and so see the tensor as changed.
+            document[HASHES_KEY] = {r.name: r.sha256 for r in reports}
         if metadata:
             document["user"] = dict(metadata)
         file_bytes = writer.close(document)

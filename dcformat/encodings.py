@@ -588,10 +588,34 @@ def decode_tensor(record: TensorRecord, get_section: SectionGetter, decode_facto
         values = centred.astype(np.float32) * scales[:, None]
         return values.astype(dtype).reshape(record.shape)
 
+    _check_lowrank_work(record, params, max_tensor_bytes)
     left = decode_factor(params.left)
     right = decode_factor(params.right)
     product = left.astype(np.float64) @ right.astype(np.float64)
     return product.astype(dtype).reshape(record.shape)
+
+
+# Multiply-adds a lowrank product may cost per byte of max_tensor_bytes. Every other encoding
+# does a small constant amount of work per decoded byte, but the product does ``rank`` per
+# element, and factors stored as zstd frames of zeros cost almost nothing in the file. At the
+# default 4 GiB limit this admits a 4096 x 4096 product of rank 4096 (6.9e10 multiply-adds,
+# about 3.6 s on one core with OpenBLAS).
+LOWRANK_WORK_PER_BYTE = 16
+
+
+def _check_lowrank_work(record: TensorRecord, params: LowrankParams, max_tensor_bytes: int) -> None:
+    rows = record.shape[0]
+    columns = record.size // rows if rows else 0
+    work = rows * params.rank * columns
+    if work > LOWRANK_WORK_PER_BYTE * max_tensor_bytes:
+        raise LimitExceededError(
+            f"tensor {record.name!r}: the lowrank product of {rows} x {params.rank} and "
+            f"{params.rank} x {columns} factors takes {work} multiply-adds, above the limit of "
+            f"{LOWRANK_WORK_PER_BYTE} per byte of max_tensor_bytes ({max_tensor_bytes}); pass a larger "
+            "max_tensor_bytes to dcformat.open() to decode it",
+            section="directory", field=f"tensor {record.name!r}.params.rank", offset=record.directory_offset,
+            expected=f"at most {LOWRANK_WORK_PER_BYTE * max_tensor_bytes} multiply-adds", found=work,
+        )
 
 
 def _decode_raw(record: TensorRecord, params: RawParams, get_section: SectionGetter) -> np.ndarray:

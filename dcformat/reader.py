@@ -121,6 +121,9 @@ class DCFReader:
     def __len__(self) -> int:
         return len(self.keys())
 
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.get(name)
+
     def metadata(self) -> dict[str, Any]:
         """The metadata object of the file (a fresh copy)."""
         import copy
@@ -199,10 +202,25 @@ class DCFReader:
                 record, self._section_getter()
             )
             keep = assignments != zero_slot
+            self._check_entries_size(record, int(np.count_nonzero(keep)))
             return positions[keep], codebook.astype(dtype)[assignments[keep]]
         flat = self._decode(record).reshape(-1)
+        self._check_entries_size(record, int(np.count_nonzero(flat)))
         positions = np.flatnonzero(flat)
         return positions, flat[positions]
+
+    def _check_entries_size(self, record: TensorRecord, nnz: int) -> None:
+        # Positions are int64, so the entries of a dense uint8 tensor take 9 times its
+        # decoded size; the limit applies to what is returned, not only to the dense array.
+        entries_bytes = nnz * (8 + NUMPY_DTYPES[record.dtype].itemsize)
+        if entries_bytes > self.max_tensor_bytes:
+            raise LimitExceededError(
+                f"tensor {record.name!r}: its {nnz} non-zero elements take {entries_bytes} bytes as "
+                f"positions and values, above the limit of {self.max_tensor_bytes} bytes; pass a larger "
+                "max_tensor_bytes to dcformat.open() or decode it dense with get()",
+                section="directory", field=f"tensor {record.name!r}.shape", offset=record.directory_offset,
+                expected=f"at most {self.max_tensor_bytes} bytes", found=entries_bytes,
+            )
 
     def get_sparse(self, name: str, format: str = "csr"):
         """Decode ``name`` as a sparse matrix over its 2-D view (rows = first dimension).

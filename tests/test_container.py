@@ -225,7 +225,7 @@ def _refooter(data: bytes, **changes) -> bytes:
 
 
 def test_bad_magic(valid):
-    with pytest.raises(BadMagicError, match="expected 89 44 43 46"):
+    with pytest.raises(BadMagicError, match="not a DCF file \\(expected the bytes 89 44 43 46"):
         dcformat.open(b"PK\x03\x04" + valid[4:])
 
 

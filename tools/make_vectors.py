@@ -889,7 +889,7 @@ def _truncation_cases() -> None:
         elif cut < PREAMBLE_SIZE + FOOTER_SIZE:
             message, error = "a file of at least 104 bytes", "TruncatedError"
         else:
-            message, error = "the file is truncated or has trailing bytes", "TruncatedError"
+            message, error = "the file is truncated, has trailing bytes, or its last bytes are damaged", "TruncatedError"
         malformed(
             f"truncated_{label}", error, message, "open",
             f"sparse_shared_huffman.dcf cut to its first {cut} bytes ({label.replace('_', ' ')})",
@@ -899,7 +899,7 @@ def _truncation_cases() -> None:
 _truncation_cases()
 
 
-@malformed("bad_magic", "BadMagicError", "expected 89 44 43 46 0d 0a 1a 0a", "open",
+@malformed("bad_magic", "BadMagicError", "not a DCF file (expected the bytes 89 44 43 46 0d 0a 1a 0a", "open",
            "preamble magic with CR LF turned into LF, as a text-mode transfer would")
 def _bad_magic() -> bytes:
     data = base("raw_none")
