@@ -1,6 +1,6 @@
 """Compression configuration: per-tensor settings chosen by name patterns.
 
-A :class:`Config` holds default settings and an ordered list of rules, each a glob pattern
+A :class:`Config` contains default settings and an ordered list of rules, each a glob pattern
 over tensor names with the settings it overrides. Later rules win over earlier ones. Every
 value is validated when the configuration is built, and a bad one raises
 :class:`~dcformat.errors.ConfigError` naming the key, the value and the allowed range.
@@ -129,7 +129,7 @@ class Config:
     ``scope``: ``"global"`` prunes all selected tensors with one threshold. ``alignment``:
     section alignment in bytes (a power of two, 1 for the smallest file).
     ``record_settings`` stores each tensor's settings in the metadata. ``nonfinite``: what to
-    do with a float tensor that holds NaN or infinity (``"raw"`` keeps it lossless with a
+    do with a float tensor that contains NaN or infinity (``"raw"`` keeps it lossless with a
     warning, ``"error"`` rejects it).
     """
 
@@ -162,7 +162,7 @@ class Config:
         _check_choice("nonfinite", self.nonfinite, NONFINITE_POLICIES)
 
     def pruning_criterion(self) -> tuple[float | None, float | None]:
-        """The (sparsity, quality) that ``defaults`` give every prunable tensor."""
+        """Return the (sparsity, quality) pair that ``defaults`` give every prunable tensor."""
         if self.defaults.get("sparsity") is not None:
             return self.defaults["sparsity"], None
         return None, self.defaults.get("quality", DEFAULT_QUALITY)

@@ -94,7 +94,7 @@ ENCODING_NAMES = {
 
 
 class SectionKind(IntEnum):
-    """What a section holds; stored in the section table."""
+    """Content type of a section, stored in the section table."""
 
     DATA = 1
     CODEBOOK = 2
@@ -106,7 +106,7 @@ class SectionKind(IntEnum):
 
 
 class StreamForm(IntEnum):
-    """How an integer stream is stored."""
+    """Storage form of an integer stream."""
 
     PACKED = 0
     HUFFMAN = 1
@@ -129,7 +129,7 @@ class OptionalFlag(IntFlag):
     """Features a reader may ignore."""
 
     SETTINGS = 1 << 0  # the metadata records the settings used per tensor
-    USER_SECTIONS = 1 << 1  # the file holds user sections
+    USER_SECTIONS = 1 << 1  # the file contains user sections
 
 
 class TensorFlag(IntFlag):

@@ -108,7 +108,7 @@ class InvalidHuffmanTableError(DCFormatError):
 
 
 class InvalidFieldError(DCFormatError):
-    """A field holds a value outside its allowed set (unknown dtype, bad shape, bad JSON)."""
+    """A field contains a value outside its allowed set (unknown dtype, bad shape, bad JSON)."""
 
 
 class TensorNotFoundError(DCFormatError, KeyError):

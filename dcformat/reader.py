@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TensorInfo:
-    """What the directory says about one tensor, without decoding it."""
+    """Directory fields of one tensor, read without decoding it."""
 
     name: str
     dtype: str
@@ -125,7 +125,7 @@ class DCFReader:
         return self.get(name)
 
     def metadata(self) -> dict[str, Any]:
-        """The metadata object of the file (a fresh copy)."""
+        """Return a fresh copy of the file's metadata object."""
         import copy
 
         return copy.deepcopy(self.info.metadata)
@@ -162,7 +162,7 @@ class DCFReader:
         return own
 
     def section_bytes(self, index: int, *, check_crc: bool = True) -> memoryview:
-        """Return the bytes of section ``index``, checking its CRC-32 unless told not to."""
+        """Return the bytes of section ``index``, checking its CRC-32 when ``check_crc`` is true."""
         if not 0 <= index < len(self.info.sections):
             raise IndexError(f"section index {index} out of range 0..{len(self.info.sections) - 1}")
         return section_bytes(self._source.buffer, self.info.sections[index], check_crc=check_crc)

@@ -9,7 +9,7 @@ every decoded tensor equals the released weights bit for bit and prints JSON wit
 size and a per-layer breakdown.
 
 The weights are read from ../shared/real/squeezenet-dc/squeezenet_dc_weights.safetensors
-beside the repository unless --weights says otherwise.
+beside the repository, or from the file that --weights names.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS = ROOT.parent / "shared" / "real" / "squeezenet-dc" / "squeezenet_dc_weights.safetensors"
 RELEASE = WEIGHTS.parent / "compressed_SqueezeNet.net"
 
-# The released values are already shared weights: keep them as they are (no pruning, the
-# codebook holds the 256 values exactly), pick the gap width per layer, and leave the settings
-# out of the metadata and the alignment at 1 byte for the smallest file.
+# The released values are already shared weights, so they are kept as they are: no pruning,
+# and each codebook contains the layer's 256 values exactly. The gap width is chosen per
+# layer, and the settings metadata and alignment padding are left out for the smallest file.
 CONFIG = Config(
     defaults={"prune": False, "bits": 8, "index_bits": "auto"},
     rules=(Rule("*.bias", {"encoding": "raw"}),),
