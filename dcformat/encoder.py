@@ -79,7 +79,7 @@ class StreamReport:
 
 @dataclass
 class TensorReport:
-    """What the encoder did to one tensor, for audits and the CLI."""
+    """Record of what the encoder did to one tensor, for audits and the CLI."""
 
     name: str
     shape: tuple[int, ...]
@@ -522,7 +522,7 @@ def compute_global_masks(arrays: Mapping[str, np.ndarray], config: Config,
     """One magnitude threshold across the tensors pruned by the default criterion (``scope="global"``).
 
     A tensor whose rules set its own ``sparsity`` or ``quality`` is left out here and pruned
-    on its own by :func:`encode_tensor`, so "later rules win" holds in both scopes.
+    on its own by :func:`encode_tensor`, so "later rules win" applies in both scopes.
     """
     sparsity, quality = config.pruning_criterion()
     selected = {
@@ -595,8 +595,8 @@ def compress(
         document: dict[str, Any] = {"encoder": {"name": "dcformat", "version": __version__}}
         if config.record_settings:
             document["settings"] = {r.name: r.settings for r in reports if r.settings}
-            # NOTE: lowrank hashes are of this machine's float64 product; another reader may
-            # differ in the last bit (spec section 9.5) and so see the tensor as changed.
+            # NOTE: a lowrank hash is of this machine's float64 product. Another reader may
+            # differ in the last bit (spec section 9.5), so it would see the tensor as changed.
             document[HASHES_KEY] = {r.name: r.sha256 for r in reports}
         if metadata:
             document["user"] = dict(metadata)
