@@ -128,7 +128,7 @@ class Config:
     override per name pattern, in order. ``min_elements``: smaller tensors stay raw.
     ``scope``: ``"global"`` prunes all selected tensors with one threshold. ``alignment``:
     section alignment in bytes (a power of two, 1 for the smallest file).
-    ``record_settings`` stores each tensor's settings in the metadata. ``nonfinite``: what to
+    ``record_settings`` stores each tensor's settings and content hash in the metadata. ``nonfinite``: what to
     do with a float tensor that contains NaN or infinity (``"raw"`` keeps it lossless with a
     warning, ``"error"`` rejects it).
     """
