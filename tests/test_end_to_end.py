@@ -114,3 +114,23 @@ def test_spec_only_decoder_agrees(compressed):
     decoded = decode_by_hand.decode_all(path.read_bytes())
     for key, expected in reconstruction.items():
         np.testing.assert_array_equal(decoded[key], expected, err_msg=key)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".npz", ".pt"])
+def test_cli_round_trip(compressed, tmp_path, suffix):
+    from dcformat.cli import main
+    from dcformat.io import read_tensors
+
+    if suffix == ".pt":
+        pytest.importorskip("torch")
+    name, _, api_path, _, reconstruction = compressed
+    cli_path = tmp_path / f"{name}.dcf"
+    assert main(["compress", str(MODELS / f"{name}.safetensors"), "-o", str(cli_path), "--quiet"]) == 0
+    assert cli_path.read_bytes() == api_path.read_bytes()
+
+    restored = tmp_path / f"{name}{suffix}"
+    assert main(["decompress", str(cli_path), "-o", str(restored), "--quiet"]) == 0
+    decoded = read_tensors(restored)
+    assert list(decoded) == list(reconstruction)
+    for key, expected in reconstruction.items():
+        np.testing.assert_array_equal(decoded[key], expected, err_msg=key)
