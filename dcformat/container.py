@@ -11,6 +11,7 @@ import hashlib
 import logging
 import mmap
 import os
+import re
 import tempfile
 import zlib
 from dataclasses import dataclass, field
@@ -65,6 +66,11 @@ from .errors import (
     UnsupportedVersionError,
 )
 from .metadata import decode_metadata, encode_metadata
+
+try:  # POSIX only; without it a stale temporary file is recognised by its writer's PID alone
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
 
 logger = logging.getLogger(__name__)
 
@@ -182,7 +188,7 @@ class SectionData:
 class TensorEntry:
     """A tensor ready to be written: its table fields and the bytes of its sections.
 
-    ``factors`` holds the two factor entries of a ``lowrank`` tensor; the writer stores them
+    ``factors`` contains the two factor entries of a ``lowrank`` tensor; the writer stores them
     as records of their own, flagged ``factor``, and points the params at them.
     """
 
@@ -211,6 +217,14 @@ class ContainerWriter:
     and renamed over the destination on :meth:`close`, so an error or an interrupt never
     leaves a partial file under the destination name. With a binary file object, the bytes are
     written to it directly and nothing is renamed.
+
+    The temporary file is named ``.NAME.PID.RANDOM.tmp`` (NAME being the destination's file
+    name and PID the writer's process id). On POSIX the writer keeps an exclusive ``flock``
+    on it until the rename. A writer that is killed (SIGKILL, power loss) leaves its
+    temporary file behind. The next successful write to the same destination removes every
+    such file whose PID is no longer a running process and whose lock is free; files of live
+    writers, of other destinations and of processes not yet reaped by their parent are left
+    alone.
     """
 
     def __init__(
@@ -244,8 +258,13 @@ class ContainerWriter:
             if not os.path.isdir(folder):
                 raise FileNotFoundError(f"cannot write {destination}: the folder {folder} does not exist")
             handle, self._temp_path = tempfile.mkstemp(
-                prefix="." + os.path.basename(destination) + ".", suffix=".tmp", dir=folder
+                prefix=f".{os.path.basename(destination)}.{os.getpid()}.", suffix=".tmp", dir=folder
             )
+            if fcntl is not None:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:  # a file system without flock: the PID alone marks the file
+                    pass
             self._file: BinaryIO = os.fdopen(handle, "wb")
             self._destination = destination
         elif hasattr(target, "write"):
@@ -363,17 +382,19 @@ class ContainerWriter:
 
     def abort(self) -> None:
         """Discard what was written; the destination is left as it was."""
-        if self._closed:
-            return
         self._closed = True
-        if self._temp_path is not None:
+        if self._temp_path is None:
+            return
+        # Also reached when close() fails after the footer (fsync, rename), so the temporary
+        # file is removed whatever step failed.
+        temp_path, self._temp_path = self._temp_path, None
+        try:
+            self._file.close()
+        finally:
             try:
-                self._file.close()
-            finally:
-                try:
-                    os.unlink(self._temp_path)
-                except FileNotFoundError:
-                    pass
+                os.unlink(temp_path)
+            except FileNotFoundError:
+                pass
 
     def __enter__(self) -> "ContainerWriter":
         return self
@@ -424,10 +445,15 @@ class ContainerWriter:
             return
         self._file.flush()
         os.fsync(self._file.fileno())
-        self._file.close()
         os.chmod(self._temp_path, 0o644)
+        if fcntl is None:
+            self._file.close()  # Windows cannot rename an open file
+        # With flock, the file stays open (and locked) through the rename, so no other writer
+        # takes it for a dead writer's file in between.
         os.replace(self._temp_path, self._destination)
         self._temp_path = None
+        self._file.close()
+        _remove_stale_temporaries(self._destination)
         # Persist the rename itself; without this a crash can lose the new directory entry.
         try:
             folder = os.open(os.path.dirname(self._destination), os.O_RDONLY)
@@ -439,6 +465,48 @@ class ContainerWriter:
             pass
         finally:
             os.close(folder)
+
+
+def _process_exists(pid: int) -> bool:
+    if pid <= 0:
+        return True  # not a PID this module writes; leave the file alone
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: the PID runs under another user
+        return True
+    return True
+
+
+def _remove_stale_temporaries(destination: str) -> None:
+    """Remove the temporary files that killed writers left for ``destination`` (best effort)."""
+    folder, name = os.path.split(destination)
+    pattern = re.compile(r"\." + re.escape(name) + r"\.(\d+)\.\w+\.tmp")
+    try:
+        entries = [entry.name for entry in os.scandir(folder)]
+    except OSError:
+        return
+    for entry in entries:
+        match = pattern.fullmatch(entry)
+        if match is None or _process_exists(int(match.group(1))):
+            continue
+        path = os.path.join(folder, entry)
+        try:
+            handle = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            if fcntl is not None:
+                # A writer on another host that shares this folder has a PID unknown here, but
+                # it still holds the lock.
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.unlink(path)
+            logger.info("removed %s, left by writer process %s, which no longer runs", path, match.group(1))
+        except OSError:
+            continue
+        finally:
+            os.close(handle)
 
 
 def _check_name(name: str, section: str) -> bytes:
@@ -673,7 +741,9 @@ def read_directory_bytes(buffer: memoryview, footer: Footer) -> bytes | memoryvi
             expected=f"{footer.directory_size} (footer.directory_size)", found=params.content_size,
         )
     try:
-        data = zstandard.ZstdDecompressor().decompress(stored, max_output_size=footer.directory_size)
+        # allow_extra_data=False: bytes after the frame would otherwise be ignored.
+        data = zstandard.ZstdDecompressor().decompress(stored, max_output_size=footer.directory_size,
+                                                       allow_extra_data=False)
     except zstandard.ZstdError as error:
         raise InvalidFieldError(
             section="directory", field="zstd frame", offset=start, expected="a valid zstd frame",

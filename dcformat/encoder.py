@@ -166,15 +166,25 @@ def check_tensors(tensors: Mapping[str, Any]) -> dict[str, np.ndarray]:
         if not name:
             problems.append("'': tensor names must not be empty")
             continue
-        if len(name.encode("utf-8", errors="surrogatepass")) > 65535:
-            problems.append(f"{name[:40]!r}...: the name is longer than 65535 bytes of UTF-8")
+        if name in arrays:
+            # A Mapping whose items() repeats a key; a dict cannot, but a custom one can.
+            problems.append(f"{name!r}: the name appears more than once")
+            continue
+        encoded_size = len(name.encode("utf-8", errors="surrogatepass"))
+        if encoded_size > 65535:
+            problems.append(f"{name[:40]!r}...: the name is {encoded_size} bytes of UTF-8; "
+                            "at most 65535 are allowed")
             continue
         try:
             name.encode("utf-8")
         except UnicodeEncodeError:
             problems.append(f"{name!r}: the name is not valid Unicode (lone surrogate)")
             continue
-        array = _as_numpy(value)
+        try:
+            array = _as_numpy(value)
+        except TypeError as error:  # a torch tensor without a numpy dtype (meta, quantized, float8)
+            problems.append(f"{name!r}: {error}")
+            continue
         if array is None:
             problems.append(f"{name!r}: expected a numpy array or torch tensor, not {type(value).__name__}")
             continue

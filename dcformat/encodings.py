@@ -2,7 +2,7 @@
 
 Each encoding turns one tensor into a :class:`~dcformat.container.TensorEntry` (params plus
 section bytes) and back. Choosing settings (pruning, k-means, the step of uniform
-quantisation) is the encoder's job in :mod:`dcformat.encoder`; this module only stores and
+quantisation) is the encoder's job in :mod:`dcformat.encoder`. This module only stores and
 restores what it is given, exactly.
 """
 
@@ -232,7 +232,7 @@ def check_record(record: TensorRecord, sections: tuple[Section, ...],
 
 
 def uses_zstd(record: TensorRecord) -> bool:
-    """Whether the params of ``record`` select zstd for one of its sections."""
+    """Return whether the params of ``record`` select zstd for one of its sections."""
     params = parse_params(record)
     if isinstance(params, RawParams):
         return params.compression == Compression.ZSTD
@@ -503,7 +503,10 @@ def _zstd_content(data, expected: int, name: str, offset: int) -> bytes:
             expected=f"{expected} bytes", found=frame.content_size,
         )
     try:
-        payload = zstandard.ZstdDecompressor().decompress(data, max_output_size=expected)
+        # allow_extra_data=False: bytes after the frame would otherwise be ignored, and the
+        # section must be exactly one frame.
+        payload = zstandard.ZstdDecompressor().decompress(data, max_output_size=expected,
+                                                          allow_extra_data=False)
     except zstandard.ZstdError as error:
         raise InvalidFieldError(section=name, field="zstd frame", offset=offset,
                                 expected="a valid zstd frame", found=str(error)) from None
@@ -551,6 +554,14 @@ def decode_sparse_entries(record: TensorRecord, get_section: SectionGetter) -> t
 def decode_tensor(record: TensorRecord, get_section: SectionGetter, decode_factor: FactorDecoder,
                   max_tensor_bytes: int) -> np.ndarray:
     """Decode ``record`` to a dense array of its dtype and shape."""
+    # Conversions and products follow IEEE 754, so an overflow to infinity or a NaN is the
+    # specified result. numpy warns about both, and under -W error a warning is an exception.
+    with np.errstate(over="ignore", invalid="ignore"):
+        return _decode_tensor(record, get_section, decode_factor, max_tensor_bytes)
+
+
+def _decode_tensor(record: TensorRecord, get_section: SectionGetter, decode_factor: FactorDecoder,
+                   max_tensor_bytes: int) -> np.ndarray:
     check_decoded_size(record, max_tensor_bytes)
     dtype = NUMPY_DTYPES[record.dtype]
     encoding = Encoding(record.encoding)
@@ -582,11 +593,7 @@ def decode_tensor(record: TensorRecord, get_section: SectionGetter, decode_facto
             raise InvalidFieldError(section=name, field="scale", offset=section.offset,
                                     expected="finite scales", found="NaN or infinity")
         levels = _stream(record, get_section, 1, record.size, params.bits)
-        channels = params.channels
-        grid = levels.reshape(channels, -1) if record.size else levels.reshape(channels, 0)
-        centred = grid.astype(np.int64) - zero_points.astype(np.int64)[:, None]
-        values = centred.astype(np.float32) * scales[:, None]
-        return values.astype(dtype).reshape(record.shape)
+        return _dequantize(levels, scales, zero_points, dtype).reshape(record.shape)
 
     _check_lowrank_work(record, params, max_tensor_bytes)
     left = decode_factor(params.left)
@@ -616,6 +623,32 @@ def _check_lowrank_work(record: TensorRecord, params: LowrankParams, max_tensor_
             section="directory", field=f"tensor {record.name!r}.params.rank", offset=record.directory_offset,
             expected=f"at most {LOWRANK_WORK_PER_BYTE * max_tensor_bytes} multiply-adds", found=work,
         )
+
+
+# Elements per step of uniform dequantisation: the int64 and float32 temporaries of one step
+# stay at a few MiB instead of 12 bytes per element of the whole tensor.
+_DEQUANTIZE_CHUNK = 1 << 20
+
+
+def _dequantize(levels: np.ndarray, scales: np.ndarray, zero_points: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Return ``float32(level - zero_point) * scale`` per channel, converted to ``dtype``, flat."""
+    channels = scales.size
+    out = np.empty(levels.size, dtype=dtype)
+    if not levels.size:
+        return out
+    per_channel = levels.size // channels
+    grid = levels.reshape(channels, per_channel)
+    target = out.reshape(channels, per_channel)
+    rows_per_step = max(1, _DEQUANTIZE_CHUNK // per_channel)
+    for row in range(0, channels, rows_per_step):
+        rows = slice(row, row + rows_per_step)
+        zero = zero_points[rows].astype(np.int64)[:, None]
+        scale = scales[rows][:, None]
+        for column in range(0, per_channel, _DEQUANTIZE_CHUNK):
+            columns = slice(column, column + _DEQUANTIZE_CHUNK)
+            centred = grid[rows, columns].astype(np.int64) - zero
+            target[rows, columns] = (centred.astype(np.float32) * scale).astype(dtype)
+    return out
 
 
 def _decode_raw(record: TensorRecord, params: RawParams, get_section: SectionGetter) -> np.ndarray:

@@ -203,7 +203,9 @@ class DCFReader:
             )
             keep = assignments != zero_slot
             self._check_entries_size(record, int(np.count_nonzero(keep)))
-            return positions[keep], codebook.astype(dtype)[assignments[keep]]
+            with np.errstate(over="ignore"):  # IEEE overflow to infinity, as get() gives
+                values = codebook.astype(dtype)[assignments[keep]]
+            return positions[keep], values
         flat = self._decode(record).reshape(-1)
         self._check_entries_size(record, int(np.count_nonzero(flat)))
         positions = np.flatnonzero(flat)
@@ -211,7 +213,7 @@ class DCFReader:
 
     def _check_entries_size(self, record: TensorRecord, nnz: int) -> None:
         # Positions are int64, so the entries of a dense uint8 tensor take 9 times its
-        # decoded size; the limit applies to what is returned, not only to the dense array.
+        # decoded size. The limit therefore applies to what is returned as well.
         entries_bytes = nnz * (8 + NUMPY_DTYPES[record.dtype].itemsize)
         if entries_bytes > self.max_tensor_bytes:
             raise LimitExceededError(

@@ -122,7 +122,11 @@ def positions_from_gaps(
                 expected=f"0..{MAX_GAP}",
                 found=low if low < 0 else high,
             )
-    positions = np.cumsum(head.astype(np.int64) + 1) - 1
+    # In place, so that decoding keeps one int64 array per entry rather than four.
+    positions = head.astype(np.int64)
+    positions += 1
+    np.cumsum(positions, out=positions)
+    positions -= 1
 
     if positions[-1] >= size:
         entry = int(np.searchsorted(positions, size, side="left"))
