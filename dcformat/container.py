@@ -33,6 +33,8 @@ from .constants import (
     MAGIC,
     MAX_ALIGNMENT_LOG2,
     MAX_DIRECTORY_BYTES,
+    MAX_DIRECTORY_EXPANSION,
+    MIN_DIRECTORY_ALLOWANCE,
     MAX_METADATA_BYTES,
     MAX_NAME_BYTES,
     MAX_NDIM,
@@ -81,6 +83,17 @@ DIRECTORY_ZSTD_LEVEL = 19
 def crc32(data) -> int:
     """CRC-32 (ISO-HDLC, as zlib) of ``data``."""
     return zlib.crc32(data) & 0xFFFFFFFF
+
+
+def new_file_mode() -> int:
+    """Permissions a plain ``open(path, "w")`` would give a new file under the current umask.
+
+    ``tempfile.mkstemp`` creates files readable by their owner only; the renamed output should
+    not keep that.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def align_up(value: int, alignment_log2: int) -> int:
@@ -445,7 +458,7 @@ class ContainerWriter:
             return
         self._file.flush()
         os.fsync(self._file.fileno())
-        os.chmod(self._temp_path, 0o644)
+        os.chmod(self._temp_path, new_file_mode())
         if fcntl is None:
             self._file.close()  # Windows cannot rename an open file
         # With flock, the file stays open (and locked) through the rename, so no other writer
@@ -704,6 +717,14 @@ def read_footer(buffer: memoryview) -> Footer:
         raise LimitExceededError(
             section="footer", field="directory_size", offset=base + 16,
             expected=f"at most {MAX_DIRECTORY_BYTES} bytes", found=directory_size,
+        )
+    expansion_cap = MAX_DIRECTORY_EXPANSION * directory_stored_size + MIN_DIRECTORY_ALLOWANCE
+    if directory_size > expansion_cap:
+        raise LimitExceededError(
+            section="footer", field="directory_size", offset=base + 16,
+            expected=f"at most {MAX_DIRECTORY_EXPANSION} x directory_stored_size + "
+            f"{MIN_DIRECTORY_ALLOWANCE} = {expansion_cap} bytes",
+            found=directory_size,
         )
     if compression == Compression.NONE and directory_size != directory_stored_size:
         raise InvalidFieldError(

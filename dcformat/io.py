@@ -27,6 +27,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from .container import new_file_mode
 from .errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -321,6 +322,13 @@ def _write_safetensors(arrays: Mapping[str, np.ndarray], handle, path: Path) -> 
 def _write_npz(arrays: Mapping[str, np.ndarray], handle) -> None:
     # Written member by member instead of np.savez(**arrays), whose own keyword arguments
     # ("file", "allow_pickle") would collide with tensors of those names.
+    for name in arrays:
+        parts = name.replace("\\", "/").split("/")
+        if name.startswith(("/", "\\")) or ".." in parts:
+            raise InputError(
+                f"tensor name {name!r} would be a path outside the archive in .npz (a leading '/' "
+                "or a '..' part); rename the tensor or write .safetensors or .pt instead"
+            )
     with zipfile.ZipFile(handle, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
         for name, array in arrays.items():
             with archive.open(name + ".npy", mode="w", force_zip64=True) as member:
@@ -336,6 +344,7 @@ def _write_atomic(path: Path, write: Callable[[Any], None]) -> None:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(temp_name, new_file_mode())
         os.replace(temp_name, destination)
     except BaseException:
         try:

@@ -345,3 +345,8 @@ def test_decoded_size_limit():
 def test_preamble_is_magic_then_version(valid):
     assert valid[:8] == MAGIC
     assert struct.unpack_from("<HH", valid, 8) == (1, 0)
+
+
+def test_directory_expansion_capped(valid):
+    with pytest.raises(LimitExceededError, match="64 x directory_stored_size"):
+        dcformat.open(_refooter(valid, directory_size=100 * 1024 * 1024))

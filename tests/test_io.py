@@ -412,3 +412,27 @@ def test_npz_is_zip_of_npy(tmp_path):
         assert archive.namelist() == ["w.npy"]
     with np.load(path, allow_pickle=False) as archive:
         np.testing.assert_array_equal(archive["w"], np.arange(3))
+
+
+def test_npz_rejects_names_that_escape_the_archive(tmp_path):
+    from dcformat.errors import InputError
+    from dcformat.io import write_tensors
+
+    for name in ("../x", "/abs", "a/../../b"):
+        with pytest.raises(InputError, match="outside the archive"):
+            write_tensors({name: np.zeros(2, np.float32)}, tmp_path / "out.npz")
+    assert not (tmp_path / "out.npz").exists()
+
+
+def test_outputs_get_umask_permissions(tmp_path):
+    import dcformat
+    from dcformat.io import write_tensors
+
+    old = os.umask(0o022)
+    try:
+        write_tensors({"a": np.zeros(2, np.float32)}, tmp_path / "a.safetensors")
+        dcformat.save({"a": np.zeros(2, np.float32)}, tmp_path / "a.dcf")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.safetensors").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "a.dcf").stat().st_mode & 0o777 == 0o644
