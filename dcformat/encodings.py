@@ -471,7 +471,8 @@ def _stream_count(record: TensorRecord, get_section: SectionGetter, position: in
     return info.count
 
 
-def _read_codebook(record: TensorRecord, params: SharedParams, get_section: SectionGetter) -> np.ndarray:
+def read_codebook(record: TensorRecord, params: SharedParams, get_section: SectionGetter) -> np.ndarray:
+    """Decode the codebook section of a shared or sparse-shared tensor (plain or delta-coded)."""
     data, section = get_section(record.first_section)
     name = f"section[{section.index}] (codebook) of {record.name!r}"
     dtype = CODEBOOK_DTYPES[params.codebook_dtype]
@@ -531,7 +532,7 @@ def _check_assignments(record: TensorRecord, assignments: np.ndarray, n_clusters
 def decode_sparse_entries(record: TensorRecord, get_section: SectionGetter) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """Return (positions, assignments, codebook, zero_slot) of a sparse-shared tensor, validated."""
     params = parse_params(record)
-    codebook = _read_codebook(record, params, get_section)
+    codebook = read_codebook(record, params, get_section)
     if codebook[params.zero_slot] != 0 or np.signbit(codebook[params.zero_slot]):
         _, section = get_section(record.first_section)
         raise InvalidFieldError(
@@ -571,7 +572,7 @@ def _decode_tensor(record: TensorRecord, get_section: SectionGetter, decode_fact
         return _decode_raw(record, params, get_section)
 
     if encoding == Encoding.SHARED:
-        codebook = _read_codebook(record, params, get_section)
+        codebook = read_codebook(record, params, get_section)
         assignments = _stream(record, get_section, 1, record.size, params.bits)
         _check_assignments(record, assignments, params.n_clusters, get_section)
         return codebook.astype(dtype)[assignments].reshape(record.shape)

@@ -500,7 +500,7 @@ def inspect_tensor(source, name: str) -> dict[str, Any]:
 
         codebook = None
         if tensor.encoding in ("shared", "sparse-shared"):
-            values = encodings._read_codebook(
+            values = encodings.read_codebook(
                 record, encodings.parse_params(record),
                 lambda index: (reader.section_bytes(index), reader.info.sections[index]),
             )

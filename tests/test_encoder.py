@@ -269,7 +269,7 @@ def test_codebook_delta_coding_round_trips_any_bits(dtype_code, dtype):
         params = encodings.SharedParams(dtype_code, 8, len(codebook), coding)
         section = dcformat.container.Section(0, 64, len(data), 0, 2)
         record = dcformat.container.TensorRecord(0, "w", 0, (1,), 1, 1, 0, 0, 1, b"", 0)
-        decoded = encodings._read_codebook(record, params, lambda i: (memoryview(data), section))
+        decoded = encodings.read_codebook(record, params, lambda i: (memoryview(data), section))
         assert decoded.tobytes() == codebook.tobytes()
 
 
