@@ -143,3 +143,30 @@ def load_state_dict(path, device: str | torch.device = "cpu") -> dict[str, torch
     from . import load
 
     return {name: numpy_to_tensor(array).to(device) for name, array in load(path).items()}
+
+
+# The fine-tuning stages (masks that stay pruned, trained centroids, export) live in
+# dcformat.training; they are re-exported here so that one import serves torch users.
+from .training import (  # noqa: E402
+    Mask,
+    PolynomialSchedule,
+    SharedWeight,
+    StepSchedule,
+    codebooks,
+    export_model,
+    masks,
+    prune_model,
+    share_model_weights,
+)
+
+__all__ += [
+    "Mask",
+    "SharedWeight",
+    "StepSchedule",
+    "PolynomialSchedule",
+    "prune_model",
+    "share_model_weights",
+    "masks",
+    "codebooks",
+    "export_model",
+]

@@ -134,3 +134,19 @@ def test_cli_round_trip(compressed, tmp_path, suffix):
     assert list(decoded) == list(reconstruction)
     for key, expected in reconstruction.items():
         np.testing.assert_array_equal(decoded[key], expected, err_msg=key)
+
+
+def test_decoder_imports_and_decodes_without_torch(compressed):
+    import subprocess
+
+    _, _, path, _, _ = compressed
+    script = (
+        "import sys; sys.modules['torch'] = None\n"
+        "import dcformat, dcformat.cli, dcformat.audit, dcformat.inspection\n"
+        f"tensors = dcformat.load({str(path)!r})\n"
+        "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
+        "print(len(tensors))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout) > 0
