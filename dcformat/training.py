@@ -23,9 +23,9 @@ Shared weights
     :func:`dcformat.quantize.share_weights` and replaces it by ``codebook[assignments]``
     (:class:`SharedWeight`). The codebook entries other than the zero slot form one
     ``nn.Parameter``, ``centroids``; the assignments are a fixed ``int64`` buffer. The
-    backward pass of the indexing adds up the gradients of all weights assigned to a
-    centroid, which is the centroid gradient of Deep Compression, so an ordinary optimiser
-    step trains the codebook. Pruned weights map to the zero slot, a constant 0.0 that is
+    backward pass of the gather that builds the weight adds up the gradients of all weights
+    assigned to a centroid, which is the centroid gradient of Deep Compression, so an
+    ordinary optimiser step trains the codebook. Pruned weights map to the zero slot, a constant 0.0 that is
     not trained.
 
 Export
@@ -47,8 +47,8 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import numbers
+import os
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass

@@ -8,6 +8,8 @@ import socket
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 
@@ -132,6 +134,39 @@ def test_masks_match_prune_module(rule, scope):
         np.testing.assert_array_equal(masks(model)[name].numpy(), expected.masks[name])
         assert result.sparsity[name] == expected.sparsity[name]
         assert result.thresholds[name] == expected.thresholds[name]
+
+
+@settings(max_examples=30, deadline=None)
+@given(rows=st.integers(1, 12), columns=st.integers(1, 12), sparsity=st.floats(0.0, 0.99),
+       seed=st.integers(0, 2**16), repeated=st.booleans())
+def test_masks_match_magnitude_mask_property(rows, columns, sparsity, seed, repeated):
+    layer = torch.nn.Linear(columns, rows)
+    with torch.no_grad():
+        values = torch.randn(rows, columns, generator=torch.Generator().manual_seed(seed))
+        if repeated:
+            values = values.round()  # many equal magnitudes, so ties decide the mask
+        layer.weight.copy_(values)
+    weights = layer.weight.detach().numpy().copy()
+
+    prune_model(layer, sparsity=sparsity)
+
+    np.testing.assert_array_equal(masks(layer)["weight"].numpy(),
+                                  prune.magnitude_mask(weights, sparsity=sparsity))
+
+
+@settings(max_examples=50, deadline=None)
+@given(begin=st.integers(0, 20), length=st.integers(0, 30), frequency=st.integers(1, 7),
+       initial=st.floats(0.0, 0.5), final=st.floats(0.5, 0.99))
+def test_polynomial_schedule_rises_to_final(begin, length, frequency, initial, final):
+    schedule = PolynomialSchedule(final=final, end=begin + length, begin=begin, frequency=frequency,
+                                  initial=initial)
+    amounts = [schedule.amount_at(step) for step in schedule.pruning_steps]
+
+    assert schedule.pruning_steps[0] == begin
+    assert schedule.pruning_steps[-1] == begin + length
+    assert amounts[-1] == final
+    assert all(b >= a - 1e-12 for a, b in zip(amounts, amounts[1:]))
+    assert all(initial - 1e-12 <= amount <= final + 1e-12 for amount in amounts)
 
 
 def test_per_tensor_amounts_match_magnitude_mask():
@@ -563,6 +598,9 @@ def _ddp_worker(rank: int, world_size: int, address: str, folder: str) -> None:
         torch.set_num_threads(1)
         result = _ddp_run(make_net(), rank, world_size)
         torch.save(result, f"{folder}/rank{rank}.pt")
+        # Rank 0 hosts the rendezvous store. Leaving before rank 1 is done with it aborted the
+        # process in some runs ("terminate called without an active exception").
+        torch.distributed.barrier()
     finally:
         torch.distributed.destroy_process_group()
 
