@@ -15,6 +15,7 @@ Example::
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any, BinaryIO, Mapping
 
 import ml_dtypes
@@ -103,8 +104,12 @@ def csr_to_torch(matrix) -> torch.Tensor:
     crow_indices = torch.from_numpy(np.asarray(matrix.indptr, dtype=np.int64))
     col_indices = torch.from_numpy(np.asarray(matrix.indices, dtype=np.int64))
     values = numpy_to_tensor(np.asarray(matrix.data))
-    return torch.sparse_csr_tensor(crow_indices, col_indices, values, size=tuple(matrix.shape),
-                                   check_invariants=True)
+    # torch warns once per process that sparse CSR support is in beta; the caller asked for
+    # exactly that layout, so the warning carries no information here.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
+        return torch.sparse_csr_tensor(crow_indices, col_indices, values, size=tuple(matrix.shape),
+                                       check_invariants=True)
 
 
 def save_model(
