@@ -57,6 +57,7 @@ from .constants import (
     SectionKind,
     StreamForm,
 )
+from .container import source_name as _source_name
 from .huffman import entropy_bits
 from .reader import DCFReader
 from .streams import decode_stream, read_stream_info
@@ -386,14 +387,6 @@ class FileAudit:
 
 # --------------------------------------------------------------------------------------
 # DCF files
-
-
-def _source_name(source) -> str:
-    if isinstance(source, (str, os.PathLike)):
-        return os.fspath(source)
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        return "<bytes>"
-    return str(getattr(source, "name", "<stream>"))
 
 
 def audit_file(source, *, prototxt: str | os.PathLike | None = None, name: str | None = None,

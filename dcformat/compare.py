@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from .constants import FOOTER_SIZE, PREAMBLE_SIZE
+from .container import source_name as _source_name
 from .encoder import HASHES_KEY, tensor_sha256
 from .reader import DCFReader
 
@@ -134,14 +134,6 @@ class Comparison:
             "counts": self.counts,
             "tensors": [t.as_dict() for t in self.tensors],
         }
-
-
-def _source_name(source) -> str:
-    if isinstance(source, (str, os.PathLike)):
-        return os.fspath(source)
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        return "<bytes>"
-    return str(getattr(source, "name", "<stream>"))
 
 
 def content_hashes(reader: DCFReader, *, decode: bool = False) -> tuple[dict[str, str], str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import mmap
 import os
 import re
@@ -146,10 +147,7 @@ class TensorRecord:
     @property
     def size(self) -> int:
         """Number of elements (1 for a 0-d tensor)."""
-        n = 1
-        for dim in self.shape:
-            n *= dim
-        return n
+        return math.prod(self.shape)
 
     @property
     def nbytes(self) -> int:
@@ -611,6 +609,15 @@ class Source:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def source_name(source) -> str:
+    """Name a path, ``bytes`` or file object for messages and reports."""
+    if isinstance(source, (str, os.PathLike)):
+        return os.fspath(source)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return "<bytes>"
+    return str(getattr(source, "name", "<stream>"))
 
 
 def read_preamble(buffer: memoryview) -> tuple[int, int]:

@@ -13,7 +13,6 @@ formats them.
 
 from __future__ import annotations
 
-import os
 import struct
 from typing import Any
 
@@ -36,7 +35,7 @@ from .constants import (
     SectionKind,
     StreamForm,
 )
-from .container import Section, crc32
+from .container import Section, crc32, source_name as _source_name
 from .errors import DCFormatError
 from .huffman import entropy_bits
 from .reader import DCFReader
@@ -45,14 +44,6 @@ from .streams import decode_stream, read_stream_info
 __all__ = ["inspect_file", "inspect_tensor", "inspect_release", "inspect_release_tensor", "verify_file"]
 
 STREAM_KINDS = (SectionKind.ASSIGNMENTS, SectionKind.GAPS, SectionKind.LEVELS)
-
-
-def _source_name(source) -> str:
-    if isinstance(source, (str, os.PathLike)):
-        return os.fspath(source)
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        return "<bytes>"
-    return str(getattr(source, "name", "<stream>"))
 
 
 def _flag_names(value: int, flags: type) -> list[str]:
