@@ -23,7 +23,6 @@ import zstandard
 
 from .binary import ByteReader, checked_mul, pack_u8, pack_u16, pack_u32, pack_u64
 from .constants import (
-    DIRECTORY_HEADER_SIZE,
     FOOTER_DIGEST_OFFSET,
     FOOTER_MAGIC,
     FOOTER_SIZE,

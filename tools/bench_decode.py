@@ -15,7 +15,6 @@ Ratios are times relative to the safetensors baseline measured in the same run. 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
