@@ -45,7 +45,7 @@ MAX_SECTIONS = 4_000_000
 MAX_DIRECTORY_BYTES = 256 * 1024 * 1024
 # Cap on how much a compressed directory may expand: its size may be at most this many times
 # its stored size, plus MIN_DIRECTORY_ALLOWANCE. Directories written by dcformat expand 3 to 7
-# times; without the cap a 9 KB file could declare millions of empty sections and make open()
+# times. Without the cap, a 9 KB file could declare millions of empty sections and make open()
 # parse hundreds of megabytes.
 MAX_DIRECTORY_EXPANSION = 64
 MIN_DIRECTORY_ALLOWANCE = 1024 * 1024

@@ -529,7 +529,9 @@ def _encode_lowrank(name, array, settings, report, finish) -> EncodedTensor:
 
 def compute_global_masks(arrays: Mapping[str, np.ndarray], config: Config,
                          settings: Mapping[str, TensorSettings]) -> dict[str, np.ndarray]:
-    """One magnitude threshold across the tensors pruned by the default criterion (``scope="global"``).
+    """Compute one magnitude threshold across the tensors pruned by the default criterion.
+
+    This is ``scope="global"``.
 
     A tensor whose rules set its own ``sparsity`` or ``quality`` is left out here and pruned
     on its own by :func:`encode_tensor`, so "later rules win" applies in both scopes.

@@ -30,9 +30,9 @@ __all__ = [
 class DCFormatError(ValueError):
     """Base class of every dcformat error.
 
-    Attributes mirror the message so that tools can report them as data: ``section`` and
-    ``field`` name where the problem is, ``offset`` is the absolute byte offset in the file
-    (``None`` where no single offset applies), ``expected`` and ``found`` describe the values.
+    Attributes mirror the message so that tools can report them as data. ``section`` and
+    ``field`` name where the problem is. ``offset`` is the absolute byte offset in the file
+    (``None`` where no single offset applies). ``expected`` and ``found`` describe the values.
     """
 
     def __init__(
