@@ -225,6 +225,15 @@ def _writable_output(text: str) -> str:
     return text
 
 
+def _dcf_output(text: str) -> str:
+    if Path(text).suffix.lower() != ".dcf":
+        raise argparse.ArgumentTypeError(
+            f"{text!r} does not end in .dcf; compress writes a .dcf file (use decompress to write "
+            "a model file)"
+        )
+    return text
+
+
 # --------------------------------------------------------------------------------------
 # Parser
 
@@ -332,7 +341,8 @@ def _add_compress(commands, parents) -> None:
         "(fnmatch, e.g. 'fc*.weight'); later options win over earlier ones.",
     )
     compress.add_argument("input", metavar="IN", help="model file: .safetensors, .pt, .pth, .bin (state dict) or .npz")
-    compress.add_argument("-o", "--output", required=True, metavar="OUT.dcf", help="the .dcf file to write")
+    compress.add_argument("-o", "--output", required=True, metavar="OUT.dcf", type=_dcf_output,
+                          help="the .dcf file to write")
     compress.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE", type=_metadata_item,
                           help="store KEY in the file's user metadata; VALUE is parsed as JSON when it parses, "
                           "else kept as a string; repeatable")

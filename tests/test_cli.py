@@ -283,7 +283,9 @@ def test_existing_output_needs_force(capsys, compressed, tmp_path, command, outp
 
 
 def test_output_directory_rejected(capsys, tmp_path):
-    status, _, err = run(capsys, "compress", LENET300, "-o", tmp_path, "--force")
+    folder = tmp_path / "looks_like.dcf"
+    folder.mkdir()
+    status, _, err = run(capsys, "compress", LENET300, "-o", folder, "--force")
     assert status == 1
     assert_clean_error(err, "is a directory")
 
@@ -641,3 +643,12 @@ def test_copy_of_fixture_is_untouched(compressed, tmp_path):
     copy = tmp_path / "copy.dcf"
     shutil.copy(compressed, copy)
     assert dcformat.open(copy).verify().ok
+
+
+def test_compress_rejects_non_dcf_output(tmp_path, capsys):
+    output = tmp_path / "model.safetensors"
+    with pytest.raises(SystemExit) as info:
+        main(["compress", str(LENET300), "-o", str(output)])
+    assert info.value.code == 2
+    assert "does not end in .dcf" in capsys.readouterr().err
+    assert not output.exists()
