@@ -578,6 +578,8 @@ class Source:
             self._file = open(path, "rb")
             size = os.fstat(self._file.fileno()).st_size
             if size:
+                # NOTE: if another process truncates the file while it is mapped, reading the
+                # lost pages raises SIGBUS and ends the process; pass bytes to avoid the map.
                 self._mmap = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
                 self.buffer = memoryview(self._mmap)
             else:

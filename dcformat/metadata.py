@@ -16,7 +16,6 @@ SECTION = "metadata"
 # few KB once the directory is zstd-compressed) cost 1.7 GB and 24 s at open, on one core
 # of a 2-core x86 machine. Two million values are the recorded settings of about 200,000
 # tensors and take about a second to parse and check there.
-# NOTE: spec/FORMAT.md section 12 does not list this limit yet.
 MAX_METADATA_VALUES = 2_000_000
 
 
