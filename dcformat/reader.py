@@ -213,14 +213,9 @@ class DCFReader:
         # Positions are int64, so the entries of a dense uint8 tensor take 9 times its
         # decoded size. The limit therefore applies to what is returned as well.
         entries_bytes = nnz * (8 + NUMPY_DTYPES[record.dtype].itemsize)
-        if entries_bytes > self.max_tensor_bytes:
-            raise LimitExceededError(
-                f"tensor {record.name!r}: its {nnz} non-zero elements take {entries_bytes} bytes as "
-                f"positions and values, above the limit of {self.max_tensor_bytes} bytes; pass a larger "
-                "max_tensor_bytes to dcformat.open() or decode it dense with get()",
-                section="directory", field=f"tensor {record.name!r}.shape", offset=record.directory_offset,
-                expected=f"at most {self.max_tensor_bytes} bytes", found=entries_bytes,
-            )
+        self._check_output_size(record, entries_bytes,
+                                f"its {nnz} non-zero elements take {entries_bytes} bytes as positions and values",
+                                "or decode it dense with get()")
 
     def get_sparse(self, name: str, format: str = "csr"):
         """Decode ``name`` as a sparse matrix over its 2-D view (rows = first dimension).
@@ -248,13 +243,18 @@ class DCFReader:
         # so a shape such as (2**40, 0) would allocate terabytes without this check.
         rows, _ = sparse.matrix_shape(record.shape)
         indptr_bytes = 8 * (rows + 1)
-        if indptr_bytes > self.max_tensor_bytes:
+        self._check_output_size(record, indptr_bytes,
+                                f"the CSR row index of {rows} rows takes {indptr_bytes} bytes",
+                                "or use format='coo'")
+
+    def _check_output_size(self, record: TensorRecord, nbytes: int, description: str, alternative: str) -> None:
+        """Raise :class:`LimitExceededError` when an output of ``nbytes`` exceeds ``max_tensor_bytes``."""
+        if nbytes > self.max_tensor_bytes:
             raise LimitExceededError(
-                f"tensor {record.name!r}: the CSR row index of {rows} rows takes {indptr_bytes} bytes, "
-                f"above the limit of {self.max_tensor_bytes} bytes; pass a larger max_tensor_bytes "
-                "to dcformat.open() or use format='coo'",
+                f"tensor {record.name!r}: {description}, above the limit of {self.max_tensor_bytes} "
+                f"bytes; pass a larger max_tensor_bytes to dcformat.open() {alternative}",
                 section="directory", field=f"tensor {record.name!r}.shape", offset=record.directory_offset,
-                expected=f"at most {self.max_tensor_bytes} bytes", found=indptr_bytes,
+                expected=f"at most {self.max_tensor_bytes} bytes", found=nbytes,
             )
 
     def items(self) -> Iterator[tuple[str, np.ndarray]]:
