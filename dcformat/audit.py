@@ -1,4 +1,4 @@
-"""Where the bytes of a compressed model go: size audits of DCF files and ``.net`` releases.
+"""Size audits of DCF files and ``.net`` releases: where the bytes of a compressed model go.
 
 :func:`audit_file` returns a :class:`FileAudit`: one :class:`TensorAudit` per tensor, laid
 out like the per-layer tables of Deep Compression (Han, Mao and Dally, ICLR 2016), plus the

@@ -5,9 +5,9 @@ over tensor names with the settings it overrides. Later rules win over earlier o
 value is validated when the configuration is built, and a bad one raises
 :class:`~dcformat.errors.ConfigError` naming the key, the value and the allowed range.
 
-Built-in defaults follow Deep Compression: weights of convolutions (4-D and 3-D, 5-D
-tensors) get 8-bit shared weights and 8-bit gaps, weights of fully connected layers (2-D
-tensors) get 5-bit shared weights and 5-bit gaps, and everything else (biases, norm scales,
+Built-in defaults follow Deep Compression. Weights of convolutions (3-D, 4-D and 5-D
+tensors) get 8-bit shared weights and 8-bit gaps. Weights of fully connected layers (2-D
+tensors) get 5-bit shared weights and 5-bit gaps. Everything else (biases, norm scales,
 integer and bool buffers, tensors under ``min_elements``) is stored raw and lossless.
 """
 

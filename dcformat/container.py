@@ -198,7 +198,7 @@ class SectionData:
 class TensorEntry:
     """A tensor ready to be written: its table fields and the bytes of its sections.
 
-    ``factors`` contains the two factor entries of a ``lowrank`` tensor; the writer stores them
+    ``factors`` contains the two factor entries of a ``lowrank`` tensor. The writer stores them
     as records of their own, flagged ``factor``, and points the params at them.
     """
 
@@ -579,7 +579,7 @@ class Source:
             size = os.fstat(self._file.fileno()).st_size
             if size:
                 # NOTE: if another process truncates the file while it is mapped, reading the
-                # lost pages raises SIGBUS and ends the process; pass bytes to avoid the map.
+                # lost pages raises SIGBUS and ends the process. Pass bytes to avoid the map.
                 self._mmap = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
                 self.buffer = memoryview(self._mmap)
             else:

@@ -1,4 +1,4 @@
-"""What a DCF file contains and whether it is intact, as JSON-ready data.
+"""Inspection of a DCF file's contents and integrity, as JSON-ready data.
 
 :func:`inspect_file` describes the container (version, flags, alignment, directory, every
 section) and each tensor (encoding, bits, density, stored size, stream forms, checksum

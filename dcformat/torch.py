@@ -104,7 +104,7 @@ def csr_to_torch(matrix) -> torch.Tensor:
     crow_indices = torch.from_numpy(np.asarray(matrix.indptr, dtype=np.int64))
     col_indices = torch.from_numpy(np.asarray(matrix.indices, dtype=np.int64))
     values = numpy_to_tensor(np.asarray(matrix.data))
-    # torch warns once per process that sparse CSR support is in beta; the caller asked for
+    # torch warns once per process that sparse CSR support is in beta. The caller requested
     # exactly that layout, so the warning carries no information here.
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)

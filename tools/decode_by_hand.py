@@ -92,7 +92,7 @@ def to_dtype(values: np.ndarray, code: int) -> np.ndarray:
     if code != 2:
         return values.astype(DTYPES[code])
     # NOTE: binary64 input (a lowrank product) is rounded to binary32 first, so it can round
-    # twice. The vectors' products are small integers, which every float type holds exactly.
+    # twice. The vectors' products are small integers, which every float type represents exactly.
     return f32_to_bf16_bits(values.astype("<f4"))
 
 

@@ -584,7 +584,7 @@ class Layout:
 
     ``counts`` overrides the directory header counts (section, tensor, user section and
     metadata size) where a case needs a count that disagrees with the tables, and
-    ``directory_tail`` holds bytes appended after the metadata.
+    ``directory_tail`` contains bytes appended after the metadata.
     """
 
     body: bytearray
